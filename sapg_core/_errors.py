@@ -1,0 +1,124 @@
+"""Error answers as values: one small hierarchy, rendered to JSON in one place.
+
+Deep code raises a :class:`GatewayError`; :meth:`Gateway.handle` catches it at
+its boundary and turns it into a response with :func:`error_body`. The status
+codes, ``error`` texts and ``code`` strings are the original gateway's
+(reference/UPSTREAM.md §6) unless marked *new*.
+
+:class:`IllegalTransition` is different: it means a transport misused the core
+(an event nobody asked for). It is a bug, so it is raised to the caller and
+never turned into a response.
+"""
+
+from __future__ import annotations
+
+from ._json import dumps
+
+__all__ = [
+    "AuthError",
+    "BodyTooLarge",
+    "ConfigDefect",
+    "GatewayError",
+    "IllegalTransition",
+    "InternalError",
+    "NoRouteMatched",
+    "UpstreamError",
+    "error_body",
+]
+
+
+class GatewayError(Exception):
+    """An answer the gateway gives instead of the one the client asked for.
+
+    Rendered as ``{"error": message, "code": code}`` with ``status``.
+    """
+
+    status: int = 500
+    code: str = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 log: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        #: Extra detail for the operator's log only, never for the client.
+        self.log = log
+
+    def body(self) -> bytes:
+        return dumps({"error": self.message, "code": self.code})
+
+
+class AuthError(GatewayError):
+    """An authorizer refused the request (401 unless stated)."""
+
+    status = 401
+    code = "AUTH_ERROR"
+
+
+class UpstreamError(GatewayError):
+    """*New*: an ``http_proxy`` upstream could not be reached or answered too slowly."""
+
+    status = 502
+    code = "UPSTREAM_ERROR"
+
+
+class BodyTooLarge(GatewayError):
+    """*New*: the request body is over the configured limit."""
+
+    status = 413
+    code = "BODY_TOO_LARGE"
+
+    def __init__(self) -> None:
+        super().__init__("Request body too large")
+
+
+class _FixedBodyError(GatewayError):
+    """Errors whose body is the original's ``{"message": ...}`` shape."""
+
+    fixed_body: bytes = b""
+
+    def body(self) -> bytes:
+        return self.fixed_body
+
+
+class NoRouteMatched(_FixedBodyError):
+    status = 404
+    code = "NOT_FOUND"
+    fixed_body = dumps({"message": "No match found."})
+
+    def __init__(self) -> None:
+        super().__init__("No match found.")
+
+
+class InternalError(_FixedBodyError):
+    """500 ``{"message":"Internal server error"}``; the reason goes to the log only."""
+
+    status = 500
+    code = "INTERNAL_ERROR"
+    fixed_body = dumps({"message": "Internal server error"})
+
+    def __init__(self, log: str) -> None:
+        super().__init__("Internal server error", log=log)
+
+
+class ConfigDefect(InternalError):
+    """A route the config left broken (fail closed): 500 and the cause in the log."""
+
+
+class IllegalTransition(Exception):
+    """A transport fed an event the core did not ask for. A bug; never a response."""
+
+    def __init__(self, request_id: int | None, state: str, event: object) -> None:
+        super().__init__(
+            f"request {request_id}: {type(event).__name__} is not expected in state {state}"
+        )
+        self.request_id = request_id
+        self.state = state
+        self.event = event
+
+
+def error_body(exc: GatewayError) -> bytes:
+    return exc.body()
