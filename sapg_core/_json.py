@@ -15,9 +15,7 @@ from typing import TypeAlias
 
 __all__ = ["JSONValue", "dumps", "js_number", "loads"]
 
-JSONValue: TypeAlias = (
-    "None | bool | int | float | str | list[JSONValue] | dict[str, JSONValue]"
-)
+JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
 
 _MAX_SAFE = 2**53
 
@@ -27,7 +25,10 @@ def js_number(value: int | float) -> str:
     if isinstance(value, int):
         if -_MAX_SAFE <= value <= _MAX_SAFE:
             return str(value)
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # beyond any double: JavaScript reads it as Infinity
+            return "null"
     if not math.isfinite(value):
         return "null"  # what JSON.stringify writes for NaN and Infinity
     if value == 0:
@@ -67,10 +68,7 @@ _fast = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=Fa
 
 def dumps(value: object) -> bytes:
     """Serialise ``value`` to UTF-8 JSON bytes exactly as ``JSON.stringify`` would."""
-    if not _has_float_or_big(value):
-        text = _fast.encode(value)
-    else:
-        text = _encode_js(value)
+    text = _encode_js(value) if _has_float_or_big(value) else _fast.encode(value)
     return text.encode("utf-8", "surrogatepass")
 
 
@@ -93,6 +91,15 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def loads(text: str | bytes) -> object:
-    """Parse JSON text; ``NaN``/``Infinity`` are refused as in JavaScript."""
-    return json.loads(text, parse_constant=_reject_constant)
+    """Parse JSON text; ``NaN``/``Infinity`` are refused as in JavaScript.
+
+    Bytes must be UTF-8 (a leading BOM is refused, as ``JSON.parse`` would).
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    result: object = _decoder.decode(text)
+    return result
