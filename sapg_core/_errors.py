@@ -36,8 +36,14 @@ class GatewayError(Exception):
     status: int = 500
     code: str = "INTERNAL_ERROR"
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
-                 log: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        log: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if status is not None:
