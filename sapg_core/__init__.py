@@ -3,4 +3,92 @@
 Feed :class:`Event` objects to :meth:`Gateway.handle` and carry out the
 :class:`Action` objects it returns. The core never touches sockets, files,
 the environment, the clock or randomness: those arrive inside events.
+
+Everything public is re-exported here; the ``_modules`` are private.
 """
+
+from ._actions import (
+    Action as Action,
+    ForwardUpstream as ForwardUpstream,
+    Log as Log,
+    LogLevel as LogLevel,
+    ReadBody as ReadBody,
+    RelayResponse as RelayResponse,
+    Respond as Respond,
+    SendHTTP as SendHTTP,
+)
+from ._config import (
+    CompileResult as CompileResult,
+    ConfigError as ConfigError,
+    ConfigSyntaxError as ConfigSyntaxError,
+    compile_config as compile_config,
+    json_pointer as json_pointer,
+    normalise as normalise,
+    parse_config_text as parse_config_text,
+    resolve_placeholders as resolve_placeholders,
+    validate as validate,
+)
+from ._errors import (
+    AuthError as AuthError,
+    BodyTooLarge as BodyTooLarge,
+    ConfigDefect as ConfigDefect,
+    GatewayError as GatewayError,
+    IllegalTransition as IllegalTransition,
+    InternalError as InternalError,
+    NoRouteMatched as NoRouteMatched,
+    UpstreamError as UpstreamError,
+)
+from ._events import (
+    ActionFailed as ActionFailed,
+    BodyReceived as BodyReceived,
+    Event as Event,
+    FailureReason as FailureReason,
+    Headers as Headers,
+    HTTPResponseReceived as HTTPResponseReceived,
+    RequestAborted as RequestAborted,
+    RequestReceived as RequestReceived,
+    UpstreamResponded as UpstreamResponded,
+)
+from ._gateway import (
+    POWERED_BY as POWERED_BY,
+    Gateway as Gateway,
+    unavailable_features as unavailable_features,
+)
+from ._http import (
+    BodyChunk as BodyChunk,
+    BodyEnd as BodyEnd,
+    ConnectionClosed as ConnectionClosed,
+    HTTPEvent as HTTPEvent,
+    NeedData as NeedData,
+    ProtocolFailure as ProtocolFailure,
+    RequestHead as RequestHead,
+    ServerConnection as ServerConnection,
+    ServerLimits as ServerLimits,
+)
+from ._json import JSONValue as JSONValue, dumps as dumps, loads as loads
+from ._model import (
+    Auth0Authorizer as Auth0Authorizer,
+    Authorizer as Authorizer,
+    Cors as Cors,
+    Diagnostic as Diagnostic,
+    GatewayConfig as GatewayConfig,
+    Integration as Integration,
+    JwtAuthorizer as JwtAuthorizer,
+    MappingSpec as MappingSpec,
+    Route as Route,
+    Server as Server,
+    ServiceBinding as ServiceBinding,
+    ServiceEntry as ServiceEntry,
+    Severity as Severity,
+    SupabaseAuthorizer as SupabaseAuthorizer,
+    UnknownAuthorizer as UnknownAuthorizer,
+)
+from ._routing import (
+    RouteMatch as RouteMatch,
+    RouteTable as RouteTable,
+    explain_rank as explain_rank,
+    priority_key as priority_key,
+)
+from ._url import BadTarget as BadTarget, split_target as split_target
+
+__all__ = [name for name in dir() if not name.startswith("_")]

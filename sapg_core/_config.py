@@ -603,6 +603,10 @@ class _Compiler:
             unknown = "" if kind is None else _js_string(kind)
             return UnknownAuthorizer(type=unknown)
         authorizer = builder(block)
+        if isinstance(authorizer, JwtAuthorizer) and authorizer.secret == "":
+            self.found.append(
+                _warning(("authorizer", "secret"), "empty secret: every token will be refused")
+            )
         if isinstance(authorizer, Auth0Authorizer) and _truthy(authorizer.jwks):
             self.check_jwks(authorizer.jwks or "")
         return authorizer
@@ -707,7 +711,9 @@ class _Compiler:
         self, here: Path, integration: Integration, post: object
     ) -> list[Diagnostic]:
         if integration.type != "auth0_callback":
+            # Never run here, so a broken reference cannot open anything: warn only.
             self.found.append(_warning(here, "post_process only runs for auth0_callback"))
+            return []
         if not isinstance(post, dict) or post.get("type") != "service_binding":
             self.found.append(
                 _warning(here, "post_process is ignored unless its type is 'service_binding'")

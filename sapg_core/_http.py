@@ -231,7 +231,9 @@ class ServerConnection:
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
-                return self._fail(exc.error_status_hint, str(exc))
+                # h11 quotes the offending bytes after a colon; they may hold
+                # credentials (a query string, a header), so keep only the reason.
+                return self._fail(exc.error_status_hint, str(exc).split(":", 1)[0])
             result = self._translate(event)
             if result is not None:
                 return result

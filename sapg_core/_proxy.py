@@ -1,0 +1,101 @@
+"""The ``http_proxy`` integration (``http`` is normalised to it): UPSTREAM.md §8.1.
+
+The target URL is built exactly as the original builds it; the client's
+method, headers (less hop-by-hop ones) and body are forwarded, the body
+streamed by the transport. Unlike the original, upstream failures answer JSON
+(502/504 with a code) and every upstream call has timeouts.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._actions import ForwardUpstream, RelayResponse
+from ._errors import BodyTooLarge, GatewayError, UpstreamError
+from ._events import ActionFailed, FailureReason, Headers, UpstreamResponded
+from ._flow import Flow, FlowContext
+from ._mapping import MappingSources, apply_mapping
+from ._url import build_upstream_url
+
+__all__ = ["HOP_BY_HOP", "forwardable", "proxy_flow"]
+
+# RFC 9110 §7.6.1: connection-specific fields a proxy must not forward.
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Not hop-by-hop, but the transport owns them: Host follows the target URL,
+# and 100-continue is negotiated with the client by the gateway itself.
+_NOT_FORWARDED: Final = HOP_BY_HOP | {"host", "expect"}
+
+_FAILURES: Final[dict[FailureReason, tuple[int, str, str]]] = {
+    FailureReason.CONNECT: (502, "UPSTREAM_UNREACHABLE", "Upstream server unreachable"),
+    FailureReason.TLS: (502, "UPSTREAM_TLS_ERROR", "Upstream TLS handshake failed"),
+    FailureReason.RESET: (502, "UPSTREAM_CONNECTION_ERROR", "Upstream connection failed"),
+    FailureReason.TIMEOUT: (504, "UPSTREAM_TIMEOUT", "Upstream server timed out"),
+    FailureReason.CLIENT: (400, "BAD_REQUEST_BODY", "Request body could not be read"),
+}
+
+
+def forwardable(headers: Headers, *, response: bool = False) -> Headers:
+    """Drop hop-by-hop headers, and those the ``Connection`` header names."""
+    named = {
+        token.strip().lower()
+        for name, value in headers
+        if name == "connection"
+        for token in value.split(",")
+    }
+    drop = (HOP_BY_HOP if response else _NOT_FORWARDED) | named
+    return tuple(item for item in headers if item[0] not in drop)
+
+
+def proxy_flow(ctx: FlowContext) -> Flow:
+    integration = ctx.route.integration
+    assert integration is not None and integration.server is not None
+    server = ctx.config.servers[integration.server]  # compile marks unknown aliases as defects
+    request = ctx.request
+    headers = forwardable(request.event.headers)
+    query = request.query
+    if ctx.route.mapping is not None:
+        sources = MappingSources(
+            headers=request.event.headers,
+            query=request.query,
+            claims=ctx.claims,
+            route_variables=ctx.route.variables,
+            global_variables=ctx.config.variables,
+        )
+        headers, query = apply_mapping(ctx.route.mapping, sources, headers, query)
+    outcome = yield ForwardUpstream(
+        request_id=request.id,
+        method=request.method,
+        url=build_upstream_url(server.url, ctx.route.path, request.path, query),
+        headers=headers,
+        body_limit=ctx.max_body_bytes,
+        connect_timeout=server.connect_timeout,
+        read_timeout=server.read_timeout,
+    )
+    if isinstance(outcome, ActionFailed):
+        raise _upstream_error(outcome, server.alias)
+    assert isinstance(outcome, UpstreamResponded)
+    relayed = ctx.decorate(forwardable(outcome.headers, response=True))
+    return RelayResponse(request_id=request.id, status=outcome.status, headers=relayed)
+
+
+def _upstream_error(failure: ActionFailed, alias: str) -> GatewayError:
+    if failure.reason is FailureReason.BODY_TOO_LARGE:
+        return BodyTooLarge()
+    status, code, message = _FAILURES[failure.reason]
+    if failure.reason is FailureReason.CLIENT:
+        log = f"client request body broke off while forwarding it: {failure.detail}"
+        return GatewayError(message, status=status, code=code, log=log)
+    log = f"upstream {alias!r}: {failure.reason.value}: {failure.detail}"
+    return UpstreamError(message, status=status, code=code, log=log)
