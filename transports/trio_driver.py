@@ -44,8 +44,14 @@ from sapg_core import (
     ServerLimits,
 )
 
-from ._common import ClientBodyError, GatewayFactory, GatewayLike, Timeouts, http_date
-from ._common import request_received as _request_received
+from ._common import (
+    ClientBodyError,
+    GatewayFactory,
+    GatewayLike,
+    Timeouts,
+    http_date,
+    request_received as _request_received,
+)
 from ._outbound import Outbound, OutboundError, UpstreamBody
 
 __all__ = ["TrioServer", "run", "serve"]

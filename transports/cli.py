@@ -1,0 +1,284 @@
+"""The ``sapg`` command line: serve, check, routes.
+
+Exit codes: 0 success; 1 an invalid config (``check``) or a refusal to start
+(strict mode); 2 a config that cannot be read or parsed at all, or bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from sapg_core import (
+    CompileResult,
+    ConfigError,
+    Gateway,
+    RouteMatch,
+    ServerLimits,
+    compile_config,
+    explain_rank,
+    parse_config_text,
+    split_target,
+    unavailable_features,
+)
+
+from ._demo import demo_config
+
+DEFAULT_PORT = 8787
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+
+
+class LoadError(Exception):
+    """The config cannot be read or parsed: one line for the user, exit 2."""
+
+    exit_code = 2
+
+
+class StartRefused(LoadError):
+    """Strict mode and an invalid config: exit 1."""
+
+    exit_code = 1
+
+
+def read_config(path: str | None, env: Mapping[str, str]) -> tuple[object, str] | None:
+    """The raw config and where it came from; None means "use the demo".
+
+    Precedence (as the original): ``--config PATH``, else the inline JSON in
+    ``SAG_API_CONFIG_JSON`` when it is not blank, else the built-in demo.
+    """
+    if path is not None:
+        try:
+            with open(path, "rb") as file:
+                text = file.read()
+        except OSError as exc:
+            raise LoadError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        source = path
+    elif env.get("SAG_API_CONFIG_JSON", "").strip():
+        text = env["SAG_API_CONFIG_JSON"].encode("utf-8", "surrogateescape")
+        source = "SAG_API_CONFIG_JSON"
+    else:
+        return None
+    try:
+        return parse_config_text(text, source=source), source
+    except ConfigError as exc:
+        raise LoadError(str(exc)) from None
+
+
+def strict_from_env(env: Mapping[str, str]) -> bool:
+    return env.get("SAG_STRICT_CONFIG", "").strip().lower() == "true"
+
+
+def _compile(raw: object, source: str, env: Mapping[str, str]) -> CompileResult:
+    try:
+        result = compile_config(raw, env=env)
+    except ConfigError as exc:
+        raise LoadError(f"{source}: {exc}") from None
+    extra = tuple(unavailable_features(result.config))
+    return CompileResult(config=result.config, diagnostics=result.diagnostics + extra)
+
+
+def _print_diagnostics(result: CompileResult, *, stream: object = None) -> None:
+    out = stream if stream is not None else sys.stdout
+    for diag in result.errors:
+        print(str(diag), file=out)  # type: ignore[arg-type]
+    for diag in result.warnings:
+        print(f"warning: {diag}", file=out)  # type: ignore[arg-type]
+
+
+# -- sapg check -------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    loaded = read_config(args.path, env)
+    assert loaded is not None
+    raw, source = loaded
+    result = _compile(raw, source, env)
+    _print_diagnostics(result)
+    if result.errors:
+        print(f"{source}: {len(result.errors)} error(s)", file=sys.stderr)
+        return 1
+    print(
+        f"{source}: valid ({len(result.config.routes)} routes, {len(result.warnings)} warning(s))"
+    )
+    return 0
+
+
+# -- sapg routes ------------------------------------------------------------
+
+
+def _describe(gateway: Gateway, index: int) -> str:
+    route = gateway.config.routes[index]
+    integration = route.integration
+    if integration is None:
+        target = "static response"
+    elif integration.type == "http_proxy":
+        server = gateway.config.servers.get(integration.server or "")
+        target = f"http_proxy -> {server.url if server else integration.server}"
+    else:
+        target = integration.type
+    auth = " [auth]" if route.auth else ""
+    defect = f" [BROKEN: {route.defect}]" if route.defect else ""
+    return f"#{index} {route.method} {route.path} ({target}){auth}{defect}"
+
+
+def _match_facts(match: RouteMatch) -> str:
+    return (
+        f"exact={str(match.is_exact).lower()} matched_segments={match.matched_count} "
+        f"wildcard={str(match.is_wildcard).lower()} "
+        f"method={'equal' if match.method_equal else 'ANY'}"
+    )
+
+
+def cmd_routes(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    loaded = read_config(args.path, env)
+    assert loaded is not None
+    raw, source = loaded
+    gateway = Gateway(_compile(raw, source, env).config)
+    if args.method is None:
+        for index in range(len(gateway.config.routes)):
+            print(_describe(gateway, index))
+        return 0
+    if args.request_path is None:
+        print("sapg routes: give both METHOD and PATH", file=sys.stderr)
+        return 2
+    try:
+        path, _ = split_target(args.request_path)  # normalised exactly as `serve` does
+    except ValueError:
+        print(f"sapg routes: {args.request_path!r} is not a request path", file=sys.stderr)
+        return 2
+    candidates = gateway.routes.candidates(args.method, path)
+    if not candidates:
+        print(
+            f"no route matches {args.method} {path}: the gateway answers 404 "
+            '{"message":"No match found."}'
+        )
+        return 0
+    winner = candidates[0]
+    print(f"winner: {_describe(gateway, winner.index)}")
+    print(f"  {_match_facts(winner)}")
+    if winner.params:
+        print("  params: " + ", ".join(f"{k}={v}" for k, v in winner.params))
+    for other in candidates[1:]:
+        print(f"loses: {_describe(gateway, other.index)}")
+        print(f"  {_match_facts(other)}; {explain_rank(winner, other)}")
+    return 0
+
+
+# -- sapg serve -------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from . import trio_driver
+
+    logging.basicConfig(level=args.log_level.upper(), format="sapg: %(levelname)s %(message)s")
+    strict = args.strict or strict_from_env(env)
+    loaded = read_config(args.config, env)
+    limits = ServerLimits(max_body_bytes=args.max_body_size)
+
+    def build(raw: object, source: str) -> Gateway:
+        result = _compile(raw, source, env)
+        for diag in result.errors:
+            print(f"sapg: config error: {source}: {diag}", file=sys.stderr)
+        for diag in result.warnings:
+            print(f"sapg: warning: {source}: {diag}", file=sys.stderr)
+        if strict and result.errors:
+            raise StartRefused(f"{source}: invalid config, refusing to start (strict mode)")
+        return Gateway(result.config, max_body_bytes=args.max_body_size)
+
+    if loaded is not None:
+        gateway = build(*loaded)
+        factory = None
+    else:
+        gateway = None
+
+        def factory(host: str, port: int) -> Gateway:
+            return build(demo_config(f"http://{_url_host(host)}:{port}"), "built-in demo config")
+
+    def on_ready(host: str, port: int) -> None:
+        print(
+            f"sapg: listening on http://{_url_host(host)}:{port} (transport={args.transport})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return trio_driver.run(
+        gateway=gateway,
+        gateway_factory=factory,
+        host=args.host,
+        port=args.port,
+        limits=limits,
+        on_ready=on_ready,
+        grace=args.grace,
+    )
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# -- entry point ------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sapg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument(
+        "--config",
+        metavar="PATH",
+        help="JSON config (default: $SAG_API_CONFIG_JSON, else a built-in demo)",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    serve.add_argument("--transport", choices=["trio"], default="trio")
+    serve.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse to start on an invalid config (also SAG_STRICT_CONFIG=true)",
+    )
+    serve.add_argument(
+        "--max-body-size",
+        type=int,
+        default=DEFAULT_MAX_BODY,
+        metavar="BYTES",
+        help="largest request body accepted, 413 beyond (0: no limit)",
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, time given to in-flight requests",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate a config; exit 1 on errors")
+    check.add_argument("path")
+    check.set_defaults(func=cmd_check)
+
+    routes = sub.add_parser("routes", help="print the route table, or which route wins and why")
+    routes.add_argument("path", help="the config file")
+    routes.add_argument("method", nargs="?")
+    routes.add_argument("request_path", nargs="?", metavar="PATH")
+    routes.set_defaults(func=cmd_routes)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = dict(os.environ)
+    try:
+        code: int = args.func(args, env)
+    except LoadError as exc:
+        print(f"sapg: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
