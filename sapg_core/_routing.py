@@ -10,11 +10,11 @@ without looking at every route, using three facts about that algorithm. With C
 the route's segments, R the request's (both ``split("/")``, empty strings kept)
 and ``w`` the position of the route's first ``{.+}``:
 
-Rule 1 (no ``{.+}``): the route matches iff ``len(R) == len(C)`` and every
+Fact A (no ``{.+}``): the route matches iff ``len(R) == len(C)`` and every
     literal segment is equal (parameters match anything, even ``""``).
     matchedCount is ``len(C)``; the match is exact iff there is no parameter.
 
-Rule 2 (a ``{.+}`` at ``w``): the route matches iff ``C[:w]`` matches ``R[:w]``
+Fact B (a ``{.+}`` at ``w``): the route matches iff ``C[:w]`` matches ``R[:w]``
     segment by segment and the length guard holds: ``len(R) >= len(C) - 1`` when
     the *last* segment is ``{.+}``, else ``len(R) == len(C)``. Segments after
     ``w`` are never compared (``/a/{.+}/c`` matches ``/a/x/zzz``).
@@ -22,7 +22,7 @@ Rule 2 (a ``{.+}`` at ``w``): the route matches iff ``C[:w]`` matches ``R[:w]``
     has no parameter and ``len(C) == len(R)`` (hence ``/items/{.+}`` is exact
     for ``/items/42``, and ``/v1/files/{.+}`` matches ``/v1/files``).
 
-Rule 3: the original's "ran past either list" branch is unreachable, because
+Fact C: the original's "ran past either list" branch is unreachable, because
     the length guard runs first; a successful walk always counts the leading
     segment, so "matchedCount > 0" adds nothing.
 
@@ -194,7 +194,7 @@ def _compile(index: int, method: str, segments: list[str], wildcard_at: int) -> 
     def rank(n: int) -> PriorityKey:
         matched_count = min(length, n)
         is_exact = not named and matched_count == length == n
-        return (not is_exact, -matched_count, is_wildcard, False, index)
+        return (not is_exact, -matched_count, is_wildcard, is_any, index)
 
     final_wildcard = segments[-1] == WILDCARD
     return _Entry(

@@ -118,6 +118,19 @@ def test_method_equal_flags_any() -> None:
     ]
 
 
+def test_repeated_matches_do_not_share_results() -> None:
+    table = RouteTable([("GET", "/users/{id}"), ("ANY", "/x")])
+    first, second = table.match("GET", "/users/1"), table.match("GET", "/users/2")
+    assert first is not None
+    assert second is not None
+    assert (first.params, second.params) == ((("id", "1"),), (("id", "2"),))
+    via_get, via_any = table.match("GET", "/x"), table.match("ANY", "/x")
+    assert via_get is not None
+    assert via_any is not None
+    assert (via_get.method_equal, via_any.method_equal) == (False, True)
+    assert len(table) == 2
+
+
 # --- CORS preflight rule (§2 step 5; cases 17, 18, 20, 21) -------------------------------------
 
 
