@@ -35,8 +35,15 @@ _DOUBLE_DOT = frozenset(
 )
 
 
+# Any character that _percent_encode would change: a control, space or
+# non-ASCII character, or one of the set's specials.
+_NEEDS_PATH_ENCODING = re.compile(r'[^\x21-\x7e]|["#<>?`{}]')
+_NEEDS_QUERY_ENCODING = re.compile(r"[^\x21-\x7e]|[\"#<>']")
+
+
 def _percent_encode(text: str, unsafe: frozenset[str]) -> str:
-    if text.isascii() and text.isprintable() and not any(c in unsafe for c in text):
+    check = _NEEDS_PATH_ENCODING if unsafe is _PATH_UNSAFE else _NEEDS_QUERY_ENCODING
+    if check.search(text) is None:
         return text  # the common case: nothing to do
     out = []
     for char in text:

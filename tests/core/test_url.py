@@ -110,3 +110,23 @@ def test_upstream_url_is_built_as_the_original_builds_it(
     server: str, route: str, path: str, query: str, expected: str
 ) -> None:
     assert build_upstream_url(server, route, path, query) == expected
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from sapg_core._url import _PATH_UNSAFE, _QUERY_UNSAFE, _percent_encode  # noqa: E402
+
+
+def _slow_encode(text: str, unsafe: frozenset[str]) -> str:
+    return "".join(
+        "".join(f"%{b:02X}" for b in c.encode("latin-1"))
+        if ord(c) < 0x20 or ord(c) > 0x7E or c in unsafe
+        else c
+        for c in text
+    )
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0xFF)))
+def test_the_fast_path_never_skips_a_character_that_needs_encoding(text: str) -> None:
+    for unsafe in (_PATH_UNSAFE, _QUERY_UNSAFE):
+        assert _percent_encode(text, unsafe) == _slow_encode(text, unsafe)
