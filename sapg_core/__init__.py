@@ -9,6 +9,7 @@ Everything public is re-exported here; the ``_modules`` are private.
 
 from ._actions import (
     Action as Action,
+    CallService as CallService,
     ForwardUpstream as ForwardUpstream,
     Log as Log,
     LogLevel as LogLevel,
@@ -16,6 +17,15 @@ from ._actions import (
     RelayResponse as RelayResponse,
     Respond as Respond,
     SendHTTP as SendHTTP,
+    ServiceContext as ServiceContext,
+    ServiceKind as ServiceKind,
+    ServiceRequest as ServiceRequest,
+    ServiceStage as ServiceStage,
+)
+from ._auth0 import (
+    LOGIN_COOKIE as LOGIN_COOKIE,
+    Auth0Authenticator as Auth0Authenticator,
+    LoginState as LoginState,
 )
 from ._config import (
     CompileResult as CompileResult,
@@ -47,6 +57,8 @@ from ._events import (
     HTTPResponseReceived as HTTPResponseReceived,
     RequestAborted as RequestAborted,
     RequestReceived as RequestReceived,
+    ServiceResultKind as ServiceResultKind,
+    ServiceReturned as ServiceReturned,
     UpstreamResponded as UpstreamResponded,
 )
 from ._gateway import (
@@ -66,6 +78,14 @@ from ._http import (
     ServerLimits as ServerLimits,
 )
 from ._json import JSONValue as JSONValue, dumps as dumps, loads as loads
+from ._jwks import (
+    ALLOWED_JWS_ALGORITHMS as ALLOWED_JWS_ALGORITHMS,
+    JwksCache as JwksCache,
+    JwksPolicy as JwksPolicy,
+    KeySet as KeySet,
+    RemoteJwks as RemoteJwks,
+    StaticJwks as StaticJwks,
+)
 from ._model import (
     Auth0Authorizer as Auth0Authorizer,
     Authorizer as Authorizer,
@@ -88,6 +108,28 @@ from ._routing import (
     RouteTable as RouteTable,
     explain_rank as explain_rank,
     priority_key as priority_key,
+)
+from ._services import envelope as envelope
+from ._supabase import SUPABASE_ENV as SUPABASE_ENV
+from ._trace import (
+    TRACE_FORMAT as TRACE_FORMAT,
+    TRACE_VERSION as TRACE_VERSION,
+    Divergence as Divergence,
+    NotingEnv as NotingEnv,
+    Raised as Raised,
+    TraceEnv as TraceEnv,
+    TraceError as TraceError,
+    TraceHeader as TraceHeader,
+    TraceLine as TraceLine,
+    TraceStep as TraceStep,
+    decode_item as decode_item,
+    dump_line as dump_line,
+    encode_item as encode_item,
+    load_line as load_line,
+    make_header as make_header,
+    parse_trace as parse_trace,
+    replay as replay,
+    rerun as rerun,
 )
 from ._url import BadTarget as BadTarget, split_target as split_target
 

@@ -9,6 +9,7 @@ action               answered by
 ForwardUpstream      UpstreamResponded, or ActionFailed
 ReadBody             BodyReceived, or ActionFailed
 SendHTTP             HTTPResponseReceived, or ActionFailed
+CallService          ServiceReturned, or ActionFailed
 Respond              nothing: the request is finished
 RelayResponse        nothing: the transport relays the upstream body
 Log                  nothing
@@ -25,6 +26,7 @@ from ._events import Headers
 
 __all__ = [
     "Action",
+    "CallService",
     "ForwardUpstream",
     "Log",
     "LogLevel",
@@ -32,6 +34,10 @@ __all__ = [
     "RelayResponse",
     "Respond",
     "SendHTTP",
+    "ServiceContext",
+    "ServiceKind",
+    "ServiceRequest",
+    "ServiceStage",
 ]
 
 
@@ -43,12 +49,17 @@ class Action:
 
 @attrs.frozen(kw_only=True)
 class Respond(Action):
-    """Send this whole response to the client. Final for the request."""
+    """Send this whole response to the client. Final for the request.
+
+    ``route`` names the matched route (``"GET /a/{id}"``) for the access log;
+    ``""`` when no route matched.
+    """
 
     request_id: int
     status: int
     headers: Headers
     body: bytes = b""
+    route: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -65,6 +76,9 @@ class ForwardUpstream(Action):
         body_limit: bytes of client body allowed (0: no limit); over it the
             transport answers :class:`ActionFailed` with ``BODY_TOO_LARGE``.
         connect_timeout, read_timeout: seconds.
+        body: ``None``: stream the client's body. Bytes: the body was already
+            read (a ``pre_process`` hook needed it); send exactly these, framed
+            with ``Content-Length``, and read nothing more from the client.
     """
 
     request_id: int
@@ -74,6 +88,7 @@ class ForwardUpstream(Action):
     body_limit: int
     connect_timeout: float
     read_timeout: float
+    body: bytes | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -82,11 +97,13 @@ class RelayResponse(Action):
 
     Final for the request. The status and headers are the upstream's,
     already decorated (CORS, X-Powered-By) and stripped of hop-by-hop headers.
+    ``route`` names the matched route, for the access log.
     """
 
     request_id: int
     status: int
     headers: Headers
+    route: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -123,3 +140,90 @@ class Log(Action):
     level: LogLevel
     message: str
     request_id: int | None = None
+
+
+class ServiceKind(enum.Enum):
+    """Where the callable of a :class:`CallService` comes from."""
+
+    #: ``services[].entrypoint``: code named by the config (``target`` is the entrypoint).
+    SERVICE = "service"
+    #: ``serviceBindings[].binding``: an object provided at start-up (``target`` is its name).
+    BINDING = "binding"
+
+
+class ServiceStage(enum.Enum):
+    """Why the core calls a service (for logs; the call itself is the same)."""
+
+    INTEGRATION = "integration"
+    PRE_PROCESS = "pre_process"
+    POST_PROCESS = "post_process"
+
+
+@attrs.frozen(kw_only=True)
+class ServiceRequest:
+    """A snapshot of the client's request, as services see it (read-only by construction).
+
+    Fields:
+        method: as normalised for routing.
+        url: the absolute URL (``scheme://host/path?query``).
+        path: the normalised, still percent-encoded path.
+        params: path parameters of the matched route, ``(name, raw segment)``.
+        query: the query decoded as ``URLSearchParams`` does, in order.
+        headers: lower-cased names, in arrival order.
+        body: the whole body (``b""`` when the request has none).
+    """
+
+    method: str
+    url: str
+    path: str
+    params: tuple[tuple[str, str], ...] = ()
+    query: tuple[tuple[str, str], ...] = ()
+    headers: Headers = ()
+    body: bytes = b""
+
+
+@attrs.frozen(kw_only=True)
+class ServiceContext:
+    """What a service learns about the gateway's decision: never the config or secrets.
+
+    Fields:
+        route_method, route_path: the matched route as configured.
+        claims: the verified token claims as JSON text; ``None`` when the
+            route has no authorizer check.
+    """
+
+    route_method: str
+    route_path: str
+    claims: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CallService(Action):
+    """Call a Python service: ``callable(request, env, ctx)``.
+
+    The transport resolves ``target`` (by ``kind``), takes its attribute
+    ``function``, calls it (sync callables in a worker thread, async ones
+    awaited), and answers :class:`ServiceReturned` with the normalised
+    return value, or :class:`ActionFailed` with ``SERVICE_ERROR`` (it raised,
+    or cannot be loaded) or ``TIMEOUT`` (``timeout`` seconds passed).
+
+    Fields:
+        kind, target: ``SERVICE`` and the entrypoint, or ``BINDING`` and the
+            binding name (``serviceBindings[].binding``).
+        alias: the config alias that led here (for logs).
+        function: the attribute to call (``fetch`` for services).
+        stage: integration, ``pre_process`` or ``post_process``.
+        request, context: what the callable receives (besides ``env``, which
+            the transport supplies: secrets never travel in actions).
+        timeout: seconds.
+    """
+
+    request_id: int
+    kind: ServiceKind
+    target: str
+    alias: str
+    function: str
+    stage: ServiceStage
+    request: ServiceRequest
+    context: ServiceContext
+    timeout: float

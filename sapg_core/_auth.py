@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
+from ._auth0 import Auth0Authenticator
 from ._events import Event
 from ._flow import Authenticator, Claims, Request, Step
 from ._jwt import HmacJwtVerifier, bearer_token
-from ._model import Authorizer, JwtAuthorizer
+from ._model import Auth0Authorizer, Authorizer, JwtAuthorizer, SupabaseAuthorizer
+from ._supabase import SupabaseAuthenticator
 
 __all__ = ["JwtAuthenticator", "build_authenticator"]
 
@@ -33,4 +35,8 @@ def build_authenticator(authorizer: Authorizer | None) -> Authenticator | None:
     """The authenticator for a config's ``authorizer`` block (None: not available)."""
     if isinstance(authorizer, JwtAuthorizer):
         return JwtAuthenticator(authorizer)
+    if isinstance(authorizer, Auth0Authorizer):
+        return Auth0Authenticator(authorizer)
+    if isinstance(authorizer, SupabaseAuthorizer):
+        return SupabaseAuthenticator(authorizer)
     return None

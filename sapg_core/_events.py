@@ -25,6 +25,8 @@ __all__ = [
     "Headers",
     "RequestAborted",
     "RequestReceived",
+    "ServiceResultKind",
+    "ServiceReturned",
     "UpstreamResponded",
 ]
 
@@ -115,6 +117,9 @@ class FailureReason(enum.Enum):
     BODY_TOO_LARGE = "body_too_large"
     #: The client went away or sent a broken body while we were reading it.
     CLIENT = "client"
+    #: A service or service binding raised, could not be loaded, or returned
+    #: something that is not a result (see :class:`ServiceReturned`).
+    SERVICE_ERROR = "service_error"
 
 
 @attrs.frozen(kw_only=True)
@@ -132,4 +137,44 @@ class RequestAborted(Event):
     """The client disconnected; forget the request (no action follows)."""
 
     request_id: int
+    now: float
+
+
+class ServiceResultKind(enum.Enum):
+    """What a service's Python return value was, as :class:`ServiceReturned` carries it."""
+
+    #: A response object (``status``, ``headers``, ``body``).
+    RESPONSE = "response"
+    #: A ``str`` (UTF-8) or ``bytes``: ``body`` holds its bytes.
+    TEXT = "text"
+    #: A ``dict``, ``list``, number or ``bool``: ``value`` holds its JSON text.
+    JSON = "json"
+    #: ``None``: the original's ``undefined`` (a function that returned nothing).
+    NONE = "none"
+
+
+def _check_status(instance: object, attribute: object, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 999:
+        raise ValueError(f"status must be an int in 0..999, not {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ServiceReturned(Event):
+    """A :class:`CallService` action's callable returned; its value, normalised.
+
+    Fields:
+        kind: which of the fields below carry the result.
+        status, headers, body: for ``RESPONSE``; ``body`` also for ``TEXT``.
+        value: for ``JSON``, the value as JSON text (``true`` for Python ``True``).
+
+    Validation of the HTTP side (status range, header syntax) is the core's
+    policy and happens when the result is used, so a bad value answers 500.
+    """
+
+    request_id: int
+    kind: ServiceResultKind
+    status: int = attrs.field(default=200, validator=_check_status)
+    headers: Headers = attrs.field(default=(), converter=_lower_names)
+    body: bytes = b""
+    value: str = ""
     now: float

@@ -121,7 +121,11 @@ class FlowContext:
     """Everything an integration's flow may use: the request, its route, the config.
 
     ``decorate`` adds CORS and X-Powered-By to a header list (every answer
-    that passes the pipeline gets them).
+    that passes the pipeline gets them). ``body`` is the request body when an
+    earlier step (a ``pre_process`` hook) already read it, else ``None``.
+    ``env`` is the gateway's environment (the ``env`` given to :class:`Gateway`);
+    ``service_timeout`` bounds each service call (seconds). ``label`` names the
+    matched route (``"GET /a/{id}"``) for the transport's access log.
     """
 
     request: Request
@@ -132,10 +136,18 @@ class FlowContext:
     authenticator: Authenticator | None
     max_body_bytes: int
     decorate: Callable[[Headers], Headers]
+    body: bytes | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict, eq=False)
+    service_timeout: float = 30.0
+    label: str = ""
 
     def respond(self, status: int, body: bytes = b"", headers: Headers = JSON_HEADERS) -> Respond:
         return Respond(
-            request_id=self.request.id, status=status, headers=self.decorate(headers), body=body
+            request_id=self.request.id,
+            status=status,
+            headers=self.decorate(headers),
+            body=body,
+            route=self.label,
         )
 
     def respond_json(self, status: int, value: object) -> Respond:

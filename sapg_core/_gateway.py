@@ -22,21 +22,30 @@ makes record/replay possible.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Final
 
 import attrs
 
 from ._actions import (
     Action,
+    CallService,
     ForwardUpstream,
     Log,
     LogLevel,
     ReadBody,
+    RelayResponse,
     Respond,
     SendHTTP,
 )
 from ._auth import build_authenticator
+from ._auth0 import (
+    callback_flow,
+    login_redirect_flow,
+    refresh_flow,
+    userinfo_flow,
+)
 from ._cors import CorsPolicy
 from ._errors import (
     ConfigDefect,
@@ -53,12 +62,19 @@ from ._events import (
     HTTPResponseReceived,
     RequestAborted,
     RequestReceived,
+    ServiceReturned,
     UpstreamResponded,
 )
 from ._flow import JSON_HEADERS, Flow, FlowContext, Request, Shared, Step, normalise_method
 from ._model import Diagnostic, GatewayConfig, Severity
 from ._proxy import proxy_flow
 from ._routing import RouteTable
+from ._services import run_pre_process, service_binding_flow, service_flow
+from ._supabase import (
+    passwordless_auth_alt_flow,
+    passwordless_auth_flow,
+    passwordless_verify_flow,
+)
 from ._url import BadTarget, split_target
 
 __all__ = ["INTEGRATIONS", "POWERED_BY", "Gateway", "unavailable_features"]
@@ -70,29 +86,27 @@ POWERED_BY: Final = "sapg"
 #: one whose type is not the original's, serves its static ``response``.
 INTEGRATIONS: Final[dict[str, Callable[[FlowContext], Flow]]] = {
     "http_proxy": proxy_flow,
+    "service": service_flow,
+    "service_binding": service_binding_flow,
+    "supabase_passwordless_auth": passwordless_auth_flow,
+    "supabase_passwordless_verify": passwordless_verify_flow,
+    "supabase_passwordless_auth_alt": passwordless_auth_alt_flow,
+    "auth0_callback": callback_flow,
+    "auth0_callback_redirect": login_redirect_flow,
+    "auth0_userinfo": userinfo_flow,
+    "auth0_refresh": refresh_flow,
 }
 
 #: Integration types of the original schema that this version does not carry
 #: out yet. They answer 501 rather than pretend (see docs/differences.md).
-UNIMPLEMENTED_INTEGRATIONS: Final = frozenset(
-    {
-        "service",
-        "service_binding",
-        "auth0_callback",
-        "auth0_userinfo",
-        "auth0_callback_redirect",
-        "auth0_refresh",
-        "supabase_passwordless_auth",
-        "supabase_passwordless_verify",
-        "supabase_passwordless_auth_alt",
-    }
-)
+UNIMPLEMENTED_INTEGRATIONS: Final[frozenset[str]] = frozenset()
 
 # Which events may answer which pending action.
 _ANSWERS: Final[dict[type[Action], tuple[type[Event], ...]]] = {
     ForwardUpstream: (UpstreamResponded, ActionFailed),
     ReadBody: (BodyReceived, ActionFailed),
     SendHTTP: (HTTPResponseReceived, ActionFailed),
+    CallService: (ServiceReturned, ActionFailed),
 }
 
 
@@ -114,6 +128,9 @@ class _Parked:
     flow: Flow
 
 
+_MAX_CACHED_ORIGINS: Final = 1024
+
+
 def _set_headers(headers: Headers, replace: Headers) -> Headers:
     """Fetch ``Headers.set`` for each of ``replace``: drop old values, append new."""
     names = {name for name, _ in replace}
@@ -127,16 +144,33 @@ class Gateway:
         config: the compiled config (see :func:`compile_config`).
         max_body_bytes: request bodies larger than this are refused with 413
             (0 means no limit).
+        env: the environment integrations read at request time (Supabase's
+            ``SUPABASE_URL`` and ``SUPABASE_SERVICE_ROLE_KEY``, see
+            :data:`SUPABASE_ENV`). Only looked up by name, never listed.
+        service_timeout: seconds a service, binding or hook may take (504 after).
     """
 
-    def __init__(self, config: GatewayConfig, *, max_body_bytes: int = 10 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        max_body_bytes: int = 10 * 1024 * 1024,
+        env: Mapping[str, str] | None = None,
+        service_timeout: float = 30.0,
+    ) -> None:
         self.config = config
         self.max_body_bytes = max_body_bytes
+        self.env: Mapping[str, str] = MappingProxyType({}) if env is None else env
+        self.service_timeout = service_timeout
         self.routes = RouteTable([(route.method, route.path) for route in config.routes])
         self._cors = CorsPolicy(config.cors) if config.cors is not None else None
         self._authenticator = build_authenticator(config.authorizer)
         self._pending: dict[int, _Pending] = {}
         self._shared: dict[str, list[_Parked]] = {}
+        self._route_labels: dict[int, str] = {}  # request id -> matched route, until final
+        self._labels = tuple(f"{route.method} {route.path}" for route in config.routes)
+        # CORS + X-Powered-By for each Origin value seen (bounded): one "set" pass per answer.
+        self._decorations: dict[str | None, Headers] = {}
 
     # -- the one entry point -------------------------------------------------
 
@@ -191,9 +225,9 @@ class Gateway:
             step = next(flow) if outcome is None else flow.send(outcome)
         except StopIteration as stop:
             final: Action = stop.value
-            return [final]
+            return [self._with_route(request, final)]
         except GatewayError as exc:
-            response = self._error_response(request, exc)
+            response = self._with_route(request, self._error_response(request, exc))
             if exc.log is None:
                 return [response]
             log = Log(level=LogLevel.ERROR, message=exc.log, request_id=request.id)
@@ -204,8 +238,16 @@ class Gateway:
                 message=f"internal error: {type(exc).__name__}: {exc}",
                 request_id=request.id,
             )
-            return [log, self._error_response(request, InternalError("unexpected"))]
+            error = self._error_response(request, InternalError("unexpected"))
+            return [log, self._with_route(request, error)]
         return self._wait(request, flow, step)
+
+    def _with_route(self, request: Request, final: Action) -> Action:
+        """Stamp the matched route on a final action, for the transport's access log."""
+        label = self._route_labels.pop(request.id, "")
+        if label and isinstance(final, Respond | RelayResponse) and final.route != label:
+            return attrs.evolve(final, route=label)
+        return final
 
     def _wait(self, request: Request, flow: Flow, step: Step) -> list[Action]:
         if not isinstance(step, Shared):
@@ -222,6 +264,7 @@ class Gateway:
         return [step.action]
 
     def _abort(self, request_id: int) -> list[Action]:
+        self._route_labels.pop(request_id, None)
         pending = self._pending.pop(request_id, None)
         if pending is None:
             for waiters in self._shared.values():
@@ -253,14 +296,27 @@ class Gateway:
     # -- answers -------------------------------------------------------------
 
     def _decorate(self, request: Request, headers: Headers) -> Headers:
-        """CORS (when configured), then X-Powered-By, each with "set" semantics."""
-        if self._cors is not None:
-            headers = _set_headers(headers, self._cors.headers(request.header("origin")))
-        return _set_headers(headers, (("x-powered-by", POWERED_BY),))
+        """CORS (when configured), then X-Powered-By, each with "set" semantics.
+
+        The two sets touch distinct names, so they are one pass over ``headers``.
+        """
+        origin = request.header("origin")
+        extra = self._decorations.get(origin)
+        if extra is None:
+            cors = self._cors.headers(origin) if self._cors is not None else ()
+            extra = (*cors, ("x-powered-by", POWERED_BY))
+            if len(self._decorations) < _MAX_CACHED_ORIGINS:
+                self._decorations[origin] = extra
+        if headers is JSON_HEADERS or not headers:  # nothing in them to replace
+            return headers + extra
+        return _set_headers(headers, extra)
 
     def _respond(self, request: Request, status: int, body: bytes, *, json: bool = True) -> Respond:
         headers = self._decorate(request, JSON_HEADERS if json else ())
-        return Respond(request_id=request.id, status=status, headers=headers, body=body)
+        label = self._route_labels.get(request.id, "")
+        return Respond(
+            request_id=request.id, status=status, headers=headers, body=body, route=label
+        )
 
     def _error_response(self, request: Request, exc: GatewayError) -> Respond:
         return self._respond(request, exc.status, exc.body())
@@ -278,6 +334,7 @@ class Gateway:
         if match is None:
             raise NoRouteMatched()
         route = self.config.routes[match.index]
+        self._route_labels[request.id] = self._labels[match.index]
         if route.defect is not None:
             raise ConfigDefect(f"route {route.method} {route.path}: {route.defect}")
         claims = None
@@ -287,15 +344,11 @@ class Gateway:
                 raise _not_implemented(f"The '{name}' authorizer")
             claims = yield from self._authenticator.authenticate(request)
         integration = route.integration
-        if integration is not None and route.pre_process is not None:
-            # Hooks need service bindings, which this version lacks: never run
-            # an integration without its guard (fail closed).
-            raise _not_implemented("The pre_process hook")
         kind = integration.type if integration is not None else None
         if kind in UNIMPLEMENTED_INTEGRATIONS and kind not in INTEGRATIONS:
             raise _not_implemented(f"Integration type '{kind}'")
         run = INTEGRATIONS.get(kind or "")
-        if run is None:
+        if run is None and route.pre_process is None:
             return self._respond(request, 200, route.static_body or b"")
         ctx = FlowContext(
             request=request,
@@ -306,7 +359,18 @@ class Gateway:
             authenticator=self._authenticator,
             max_body_bytes=self.max_body_bytes,
             decorate=lambda headers: self._decorate(request, headers),
+            env=self.env,
+            service_timeout=self.service_timeout,
+            label=self._labels[match.index],
         )
+        if route.pre_process is not None:
+            # Unlike the original, a static route runs its hook too: a hook is a
+            # guard, and skipping it would fail open (UPSTREAM.md §11 item 5).
+            stop, ctx = yield from run_pre_process(ctx)
+            if stop is not None:
+                return stop
+        if run is None:
+            return self._respond(request, 200, route.static_body or b"")
         return (yield from run(ctx))
 
 
@@ -329,8 +393,6 @@ def unavailable_features(config: GatewayConfig) -> list[Diagnostic]:
         if integration.type in UNIMPLEMENTED_INTEGRATIONS and integration.type not in INTEGRATIONS:
             pointer = f"/paths/{route.index}/integration/type"
             found.append(_unavailable(pointer, f"integration type '{integration.type}'"))
-        if route.pre_process is not None:
-            found.append(_unavailable(f"/paths/{route.index}/pre_process", "pre_process hooks"))
     return found
 
 

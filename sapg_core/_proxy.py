@@ -82,12 +82,15 @@ def proxy_flow(ctx: FlowContext) -> Flow:
         body_limit=ctx.max_body_bytes,
         connect_timeout=server.connect_timeout,
         read_timeout=server.read_timeout,
+        body=ctx.body,  # set when a pre_process hook already read it
     )
     if isinstance(outcome, ActionFailed):
         raise _upstream_error(outcome, server.alias)
     assert isinstance(outcome, UpstreamResponded)
     relayed = ctx.decorate(forwardable(outcome.headers, response=True))
-    return RelayResponse(request_id=request.id, status=outcome.status, headers=relayed)
+    return RelayResponse(
+        request_id=request.id, status=outcome.status, headers=relayed, route=ctx.label
+    )
 
 
 def _upstream_error(failure: ActionFailed, alias: str) -> GatewayError:

@@ -662,6 +662,31 @@ def test_a_guarded_route_never_runs_without_its_hook() -> None:
             ],
         }
     )
-    answer = respond(gw, "GET", "/p")
-    assert answer.status == 501
-    assert body_json(answer)["code"] == "NOT_IMPLEMENTED"  # type: ignore[index]
+    # The hook runs first (a CallService); the upstream is not asked before it answers.
+    from sapg_core import CallService
+
+    _, actions = receive(gw, "GET", "/p")
+    assert len(actions) == 1 and isinstance(actions[0], CallService)
+    assert actions[0].function == "check"
+
+
+def test_decorations_are_per_origin_on_one_gateway() -> None:
+    gw = make_gateway({"cors": BASE_CORS, "paths": [{"method": "GET", "path": "/ok"}]})
+    for origin, allowed in [("https://app.example.com", True), ("https://evil.example", False),
+                            (None, False), ("https://app.example.com", True)]:
+        headers = [("origin", origin)] if origin else []
+        answer = respond(gw, "GET", "/ok", headers)
+        assert header(answer, "access-control-allow-origin") == (origin if allowed else None)
+        assert header(answer, "x-powered-by") == POWERED
+        assert header(answer, "content-type") == "application/json"
+
+
+def test_an_upstream_allow_origin_survives_a_disallowed_origin() -> None:
+    gw = make_gateway(PROXY)
+    request_id, _ = forward(gw, "GET", "/api/v1/proxy/x", [("origin", "https://evil.example")])
+    [relay] = gw.handle(UpstreamResponded(request_id=request_id, status=200, now=NOW, headers=(
+        ("access-control-allow-origin", "*"), ("x-powered-by", "Express"))))
+    assert isinstance(relay, RelayResponse)
+    assert header(relay, "access-control-allow-origin") == "*"  # kept, as the original
+    assert header(relay, "x-powered-by") == POWERED
+    assert relay.route == "ANY /api/v1/proxy/{.+}"
