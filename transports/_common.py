@@ -1,24 +1,52 @@
-"""Non-I/O helpers shared by the drivers: conversions between the HTTP glue and core events."""
+"""Non-I/O helpers shared by the drivers: conversions between the HTTP glue and core events,
+the registry that routes the core's actions to their requests, and config reloading.
+"""
 
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Callable
-from typing import Protocol
+import itertools
+import logging
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Final, Protocol
 
 import attrs
+import h11
 
-from sapg_core import Action, Event, FailureReason, Headers, RequestHead, RequestReceived
+from sapg_core import (
+    Action,
+    Event,
+    FailureReason,
+    Headers,
+    RequestHead,
+    RequestReceived,
+    dumps,
+)
 
 __all__ = [
+    "SERVER_BUSY_RESPONSE",
     "ClientBodyError",
+    "ExchangeBase",
+    "Exchanges",
     "GatewayFactory",
     "GatewayLike",
+    "Reload",
     "Timeouts",
     "header_value",
     "http_date",
+    "next_request_id",
     "request_received",
+    "try_reload",
+    "upstream_origin",
 ]
+
+logger = logging.getLogger("sapg")
+
+#: Request IDs: one counter for every driver, unique for the life of the process.
+next_request_id: Final[Callable[[], int]] = itertools.count(1).__next__
 
 
 class GatewayLike(Protocol):
@@ -29,6 +57,9 @@ class GatewayLike(Protocol):
 
 #: Builds the gateway once the listener is bound (it may need the real port).
 GatewayFactory = Callable[[str, int], GatewayLike]
+
+#: Builds a gateway from the config as it is now (on SIGHUP); raises to refuse it.
+Reload = Callable[[], GatewayLike]
 
 
 @attrs.frozen(kw_only=True)
@@ -71,9 +102,17 @@ def header_value(headers: Headers, name: str) -> str | None:
     return None
 
 
+_date_cache: list[tuple[int, str]] = [(0, "")]
+
+
 def http_date(now: float) -> str:
-    """An IMF-fixdate for the ``Date`` header (RFC 9110 §5.6.7)."""
-    return email.utils.formatdate(now, usegmt=True)
+    """An IMF-fixdate for the ``Date`` header (RFC 9110 §5.6.7), computed once a second."""
+    second = int(now)
+    cached = _date_cache[0]
+    if cached[0] != second:
+        cached = (second, email.utils.formatdate(second, usegmt=True))
+        _date_cache[0] = cached
+    return cached[1]
 
 
 def request_received(
@@ -90,3 +129,114 @@ def request_received(
         scheme=scheme,
         host=header_value(head.headers, "host") or "",
     )
+
+
+def upstream_origin(url: str) -> str:
+    """``scheme://host[:port]`` of an outbound URL, for logs (no credentials, path or query)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "?"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def _render_busy() -> bytes:
+    body = dumps({"error": "Server busy", "code": "SERVER_BUSY"})
+    headers = [
+        ("content-type", "application/json"),
+        ("content-length", str(len(body))),
+        ("x-powered-by", "sapg"),
+        ("retry-after", "1"),
+        ("connection", "close"),
+    ]
+    writer = h11.Connection(h11.SERVER)
+    writer.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")  # h11 answers only a request
+    writer.next_event()
+    return (
+        writer.send(h11.Response(status_code=503, headers=headers, reason=b"Service Unavailable"))
+        + writer.send(h11.Data(data=body))
+        + writer.send(h11.EndOfMessage())
+    )
+
+
+#: The blocking driver's answer when every worker is busy: a transport-level
+#: refusal (like the glue's 400/431), sent before the request is read.
+SERVER_BUSY_RESPONSE: Final = _render_busy()
+
+
+class ExchangeBase:
+    """One request in flight: what every driver tracks, whatever its I/O.
+
+    ``gateway`` is the gateway the request started on: a reload swaps the
+    driver's gateway for new requests, while this one finishes on the old.
+    ``inbox`` holds the core's actions for this request, in order.
+    """
+
+    def __init__(
+        self, gateway: GatewayLike, method: str, target: str, content_length: int | None
+    ) -> None:
+        self.request_id = next_request_id()
+        self.gateway = gateway
+        self.method = method
+        self.target = target
+        self.content_length = content_length  # declared; None: chunked
+        self.started = time.perf_counter()
+        self.inbox: deque[Action] = deque()
+        self.status = 0  # the status sent; 0: no answer went out
+        self.route = ""
+        self.upstream_origin = ""
+        self.is_finished = False  # a final action ran, or the client went away
+        self.is_body_done = False
+
+    def wake(self) -> None:
+        """Actions arrived from another request's call to ``handle`` (a shared outcome)."""
+
+
+class Exchanges:
+    """The requests in flight, by ID: routes each action the core returns to its request.
+
+    One ``handle`` call can return actions for several requests (when the
+    outcome of a shared action arrives, every flow waiting for it moves on),
+    so a driver never assumes an action is for the request that fed the event.
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, ExchangeBase] = {}
+
+    def add(self, exchange: ExchangeBase) -> None:
+        self._by_id[exchange.request_id] = exchange
+
+    def discard(self, exchange: ExchangeBase) -> None:
+        self._by_id.pop(exchange.request_id, None)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def deliver(self, current: ExchangeBase, actions: Iterable[Action]) -> None:
+        """Queue each action on its request's inbox; ``current`` gets those without an ID."""
+        for action in actions:
+            request_id = getattr(action, "request_id", None)
+            if request_id is None or request_id == current.request_id:
+                current.inbox.append(action)
+                continue
+            target = self._by_id.get(request_id)
+            if target is None:
+                logger.warning("request %s: an action for a request no longer here", request_id)
+                continue
+            target.inbox.append(action)
+            target.wake()
+
+
+def try_reload(reload: Reload) -> GatewayLike | None:
+    """Build the new gateway; on any failure log why and return None (keep the old one)."""
+    try:
+        gateway = reload()
+    except Exception as exc:  # the boundary: a broken config must not stop the server
+        logger.error("reload refused, still serving the previous config: %s", exc)
+        return None
+    logger.info("config reloaded: new requests use the new config")
+    return gateway

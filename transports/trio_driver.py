@@ -4,130 +4,88 @@ One loop per connection: read, feed :class:`ServerConnection`, turn a request
 head into ``RequestReceived``, call ``gateway.handle``, carry out each action
 through :attr:`TrioServer._executors` (keyed by action type) and feed each
 outcome back. No policy lives here: statuses, CORS and auth are the core's.
+
+The request half (the loop, the executors) is shared with the asyncio driver
+in :mod:`transports._async_driver`; this module is the trio I/O: accepting,
+``_next_event``, ``_send``, ``_close``, timeouts, signals and shutdown.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import secrets
 import signal
-import time
-from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 import trio
 
 from sapg_core import (
-    Action,
-    ActionFailed,
-    BodyChunk,
-    BodyEnd,
-    BodyReceived,
     ConnectionClosed,
-    Event,
-    FailureReason,
-    ForwardUpstream,
     HTTPEvent,
-    Log,
     NeedData,
-    ProtocolFailure,
-    ReadBody,
-    RelayResponse,
-    RequestAborted,
-    RequestHead,
-    Respond,
-    SendHTTP,
-    ServerConnection,
     ServerLimits,
 )
 
-from ._common import (
-    ClientBodyError,
-    GatewayFactory,
-    GatewayLike,
-    Timeouts,
-    http_date,
-    request_received as _request_received,
-)
-from ._outbound import Outbound, OutboundError, UpstreamBody
+from ._async_driver import AsyncDriver, ClientGone, Connection
+from ._common import GatewayFactory, GatewayLike, Reload, Timeouts
+from ._outbound import Outbound
 
 __all__ = ["TrioServer", "run", "serve"]
 
 logger = logging.getLogger("sapg")
 _RECEIVE_SIZE = 65536
-_request_ids = itertools.count(1)  # unique for the life of the process
 
 
-class _ClientGone(Exception):
-    """Writing to the client failed or stalled."""
-
-
-class _Connection:
+class _Connection(Connection):
     def __init__(self, stream: trio.SocketStream, limits: ServerLimits) -> None:
+        super().__init__(limits, _peer(stream))
         self.stream = stream
-        self.http = ServerConnection(limits)
         self.idle_scope: trio.CancelScope | None = None
-        self.is_broken = False
 
 
-class _Exchange:
-    """One request in flight on a connection."""
-
-    def __init__(self, head: RequestHead) -> None:
-        self.request_id = next(_request_ids)
-        self.head = head
-        self.upstream: UpstreamBody | None = None
-        self.is_finished = False  # a final action ran, or the client went away
-        self.is_body_done = False
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
 
 
-_Executor = Callable[[_Connection, _Exchange, Any], Awaitable[Event | None]]
-
-
-class TrioServer:
+class TrioServer(AsyncDriver[_Connection]):
     """Serves one gateway on trio listeners; see :func:`serve`."""
-
-    def __init__(
-        self, *, gateway: GatewayLike, limits: ServerLimits, timeouts: Timeouts, outbound: Outbound
-    ) -> None:
-        self.gateway, self.limits, self.timeouts, self.outbound = (
-            gateway,
-            limits,
-            timeouts,
-            outbound,
-        )
-        self.is_draining = False
-        self._connections: set[_Connection] = set()
-        self._executors: dict[type[Action], _Executor] = {
-            Respond: self._respond,
-            ForwardUpstream: self._forward,
-            RelayResponse: self._relay,
-            ReadBody: self._read_body,
-            SendHTTP: self._send_http,
-            Log: self._log,
-        }
 
     async def run(
         self, listeners: list[trio.SocketListener], shutdown: trio.Event, *, grace: float
     ) -> None:
-        """Accept until ``shutdown`` is set, then let in-flight requests finish within ``grace``."""
-        async with trio.open_nursery() as connections:
-            async with trio.open_nursery() as acceptors:
+        """Accept until ``shutdown`` is set, then let in-flight requests finish within ``grace``.
+
+        With a ``reload``, SIGHUP swaps the gateway meanwhile (main thread only).
+        """
+        async with trio.open_nursery() as system:
+            if self.reload is not None:
+                await system.start(self._watch_reload)
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(self._accept, listener, connections)
+                    await shutdown.wait()
+                    acceptors.cancel_scope.cancel()
                 for listener in listeners:
-                    acceptors.start_soon(self._accept, listener, connections)
-                await shutdown.wait()
-                acceptors.cancel_scope.cancel()
-            for listener in listeners:
-                await listener.aclose()
-            self.is_draining = True
-            for conn in self._connections:
-                conn.http.stop_keep_alive()
-                if conn.idle_scope is not None:
-                    conn.idle_scope.cancel()
-            connections.cancel_scope.deadline = trio.current_time() + grace
+                    await listener.aclose()
+                self.is_draining = True
+                for conn in self._connections:
+                    conn.http.stop_keep_alive()
+                    if conn.idle_scope is not None:
+                        conn.idle_scope.cancel()
+                connections.cancel_scope.deadline = trio.current_time() + grace
+            system.cancel_scope.cancel()
+
+    async def _watch_reload(self, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP) as signals:
+            task_status.started()
+            async for _ in signals:
+                logger.info("SIGHUP: reloading the config")
+                await self.reload_config()
 
     async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
@@ -143,17 +101,8 @@ class TrioServer:
         conn = _Connection(stream, self.limits)
         self._connections.add(conn)
         try:
-            while not conn.is_broken:
-                event = await self._next_event(conn)
-                if isinstance(event, RequestHead):
-                    await self._handle_request(conn, event)
-                elif isinstance(event, ProtocolFailure):
-                    logger.info("protocol failure (%d): %s", event.status, event.detail)
-                    await self._send(conn, event.response_bytes)
-                    break
-                else:
-                    break
-        except _ClientGone:
+            await self._serve_requests(conn)
+        except ClientGone:
             pass
         except Exception:  # the boundary: one broken connection must not stop the server
             logger.exception("connection handler failed")
@@ -161,143 +110,7 @@ class TrioServer:
             self._connections.discard(conn)
             await self._close(conn)
 
-    async def _handle_request(self, conn: _Connection, head: RequestHead) -> None:
-        exchange = _Exchange(head)
-        event = _request_received(
-            head,
-            request_id=exchange.request_id,
-            now=time.time(),
-            entropy=secrets.token_bytes(32),
-            scheme="http",
-        )
-        try:
-            await self._execute(conn, exchange, self.gateway.handle(event))
-        except _ClientGone:
-            conn.is_broken = True
-            if not exchange.is_finished:
-                self.gateway.handle(RequestAborted(request_id=exchange.request_id, now=time.time()))
-        finally:
-            if exchange.upstream is not None:
-                await exchange.upstream.aclose()
-        if not exchange.is_finished:
-            logger.error("request %d: the core gave no answer", exchange.request_id)
-            conn.is_broken = True
-
-    async def _execute(self, conn: _Connection, exchange: _Exchange, actions: list[Action]) -> None:
-        queue = deque(actions)
-        while queue:
-            action = queue.popleft()
-            executor = self._executors.get(type(action))
-            if executor is None:
-                raise TypeError(f"no executor for {type(action).__name__}")
-            outcome = await executor(conn, exchange, action)
-            if outcome is not None:
-                queue.extend(self.gateway.handle(outcome))
-
-    # -- executors, one per action type ----------------------------------------
-
-    async def _respond(self, conn: _Connection, exchange: _Exchange, action: Respond) -> None:
-        exchange.is_finished = True
-        date = http_date(time.time())
-        await self._send(
-            conn, conn.http.send_response(action.status, action.headers, action.body, date=date)
-        )
-
-    async def _forward(
-        self, conn: _Connection, exchange: _Exchange, action: ForwardUpstream
-    ) -> Event:
-        body = self._client_body(conn, exchange, action.body_limit)
-        try:
-            result = await self.outbound.forward(
-                action, body, content_length=exchange.head.content_length
-            )
-        finally:
-            await body.aclose()
-        if exchange.is_finished:  # the client went away while we streamed its body
-            return RequestAborted(request_id=exchange.request_id, now=time.time())
-        if isinstance(result, ActionFailed):
-            return result
-        event, exchange.upstream = result
-        return event
-
-    async def _relay(self, conn: _Connection, exchange: _Exchange, action: RelayResponse) -> None:
-        exchange.is_finished = True
-        upstream = exchange.upstream
-        if upstream is None:
-            raise RuntimeError(f"request {exchange.request_id}: RelayResponse without an upstream")
-        date = http_date(time.time())
-        await self._send(conn, conn.http.send_head(action.status, action.headers, date=date))
-        try:
-            async for chunk in upstream:
-                await self._send(conn, conn.http.send_body(chunk))
-        except OutboundError as exc:  # the head is out: closing is all that is left to say
-            logger.warning(
-                "request %d: upstream body broke off (%s): %s",
-                exchange.request_id,
-                exc.reason.value,
-                exc.detail,
-            )
-            conn.is_broken = True
-            return
-        await self._send(conn, conn.http.send_end())
-
-    async def _read_body(self, conn: _Connection, exchange: _Exchange, action: ReadBody) -> Event:
-        chunks: list[bytes] = []
-        try:
-            async for chunk in self._client_body(conn, exchange, action.limit):
-                chunks.append(chunk)
-        except ClientBodyError as exc:
-            if exc.aborted:
-                return RequestAborted(request_id=exchange.request_id, now=time.time())
-            return ActionFailed(
-                request_id=exchange.request_id,
-                reason=exc.reason,
-                detail=exc.detail,
-                now=time.time(),
-            )
-        return BodyReceived(request_id=exchange.request_id, body=b"".join(chunks), now=time.time())
-
-    async def _send_http(self, conn: _Connection, exchange: _Exchange, action: SendHTTP) -> Event:
-        return await self.outbound.send(action)
-
-    async def _log(self, conn: _Connection, exchange: _Exchange, action: Log) -> None:
-        logger.log(int(action.level), "request %s: %s", action.request_id, action.message)
-
-    # -- I/O helpers ---------------------------------------------------------------
-
-    async def _client_body(
-        self, conn: _Connection, exchange: _Exchange, limit: int
-    ) -> AsyncGenerator[bytes, None]:
-        """The request body as it arrives; raises :class:`ClientBodyError` on failure."""
-        if exchange.is_body_done:
-            return
-        try:
-            await self._send(conn, conn.http.send_continue())
-        except _ClientGone:
-            exchange.is_finished = True
-            raise ClientBodyError(FailureReason.CLIENT, "client went away", aborted=True) from None
-        received = 0
-        while True:
-            event = await self._next_event(conn)
-            if isinstance(event, BodyChunk):
-                received += len(event.data)
-                if limit and received > limit:
-                    exchange.is_body_done = True
-                    conn.http.stop_keep_alive()
-                    raise ClientBodyError(FailureReason.BODY_TOO_LARGE, f"body over {limit} bytes")
-                yield event.data
-                continue
-            exchange.is_body_done = True
-            if isinstance(event, BodyEnd):
-                return
-            if isinstance(event, ProtocolFailure):
-                reason = (
-                    FailureReason.BODY_TOO_LARGE if event.status == 413 else FailureReason.CLIENT
-                )
-                raise ClientBodyError(reason, event.detail)
-            exchange.is_finished = True  # closed, or stalled past the read timeout
-            conn.is_broken = True
-            raise ClientBodyError(FailureReason.CLIENT, "client went away", aborted=True)
+    # -- the backend's I/O ---------------------------------------------------------------
 
     async def _next_event(self, conn: _Connection) -> HTTPEvent:
         """The next event, reading as needed; a read timeout or dead socket is ConnectionClosed."""
@@ -329,7 +142,7 @@ class TrioServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         conn.http.stop_keep_alive()
-        raise _ClientGone
+        raise ClientGone
 
     async def _close(self, conn: _Connection) -> None:
         """Close, first reading what the client still sends so the close is not a reset."""
@@ -350,6 +163,7 @@ async def serve(
     port: int,
     gateway: GatewayLike | None = None,
     gateway_factory: GatewayFactory | None = None,
+    reload: Reload | None = None,
     limits: ServerLimits | None = None,
     timeouts: Timeouts | None = None,
     on_ready: Callable[[str, int], None] | None = None,
@@ -363,6 +177,8 @@ async def serve(
     Args:
         gateway: the core to drive; or ``gateway_factory(host, port)`` builds it
             once the listener is bound (give exactly one of them).
+        reload: on SIGHUP, builds the gateway for new requests (see
+            :meth:`TrioServer.reload_config`); needs the main thread.
         limits, timeouts: the server's; defaults as in their classes.
         on_ready: called with the bound host and port once accepting.
         shutdown: set it to stop accepting, close idle keep-alive connections
@@ -385,6 +201,7 @@ async def serve(
         limits=limits or ServerLimits(),
         timeouts=timeouts or Timeouts(),
         outbound=outbound,
+        reload=reload,
     )
     try:
         if on_ready is not None:
@@ -402,12 +219,15 @@ def run(
     port: int,
     gateway: GatewayLike | None = None,
     gateway_factory: GatewayFactory | None = None,
+    reload: Reload | None = None,
     limits: ServerLimits | None = None,
     timeouts: Timeouts | None = None,
     on_ready: Callable[[str, int], None] | None = None,
     grace: float = 10.0,
 ) -> int:
     """Run :func:`serve` until SIGINT or SIGTERM, then shut down gracefully.
+
+    With a ``reload``, SIGHUP re-reads the config (see :func:`serve`).
 
     Returns:
         0 after a graceful shutdown; 1 if a second signal cut it short.
@@ -423,6 +243,7 @@ def run(
                 port=port,
                 gateway=gateway,
                 gateway_factory=gateway_factory,
+                reload=reload,
                 limits=limits,
                 timeouts=timeouts,
                 on_ready=on_ready,

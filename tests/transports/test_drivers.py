@@ -1,0 +1,388 @@
+"""The drivers in-process, with stand-in gateways: what the black-box suite cannot reach.
+
+- One ``handle`` call may return actions for *another* request (a shared
+  action's outcome finishes every request waiting for it): each driver must
+  carry each action out on the request it names.
+- The outbound pool assigns many waiting requests in linear time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import attrs
+import pytest
+import trio
+
+from sapg_core import (
+    Action,
+    ActionFailed,
+    Event,
+    FailureReason,
+    ForwardUpstream,
+    HTTPResponseReceived,
+    Log,
+    LogLevel,
+    RelayResponse,
+    RequestReceived,
+    Respond,
+    SendHTTP,
+    UpstreamResponded,
+)
+from transports import asyncio_driver, h11_blocking, trio_driver
+from transports._common import ClientBodyError
+from transports._outbound import Outbound, SyncOutbound, default_ssl_context
+from transports.asgi import GatewayApp
+
+from .servers import Client, StreamingUpstream, free_port
+
+pytestmark = [pytest.mark.network, pytest.mark.timeout(30)]
+
+
+@functools.cache
+def ssl_context() -> Any:
+    return default_ssl_context(environ={})
+
+
+class SharedFetch:
+    """A stand-in core: ``/a`` fetches; ``/b`` meanwhile waits for that fetch, with no action.
+
+    The fetch's outcome answers both, in one ``handle`` call.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.owner: int | None = None
+        self.waiting: list[int] = []
+
+    def handle(self, event: Event) -> list[Action]:
+        if isinstance(event, RequestReceived):
+            if self.owner is None:
+                self.owner = event.request_id
+                url = self.upstream + "/slow?seconds=0.6"
+                return [SendHTTP(request_id=event.request_id, method="GET", url=url, headers=())]
+            self.waiting.append(event.request_id)
+            return []
+        if isinstance(event, HTTPResponseReceived):
+            answers: list[Action] = [respond(event.request_id, b"owner %d" % event.status)]
+            for rid in self.waiting:
+                answers.append(Log(level=LogLevel.INFO, message="shared", request_id=rid))
+                answers.append(respond(rid, b"waiter %d" % event.status))
+            self.owner, self.waiting = None, []
+            return answers
+        return []
+
+
+def respond(request_id: int, body: bytes) -> Respond:
+    return Respond(request_id=request_id, status=200, headers=(), body=body)
+
+
+@pytest.fixture
+def upstream() -> Iterator[StreamingUpstream]:
+    server = StreamingUpstream()
+    yield server
+    server.close()
+
+
+# -- a server of each kind in a thread of its own, stopped afterwards ------------------
+
+
+class Running:
+    def __init__(self, port: int, stop: Callable[[], None], thread: threading.Thread) -> None:
+        self.port, self._stop, self._thread = port, stop, thread
+
+    def close(self) -> None:
+        self._stop()
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+
+
+def run_in_thread(kind: str, gateway: Any, **kwargs: Any) -> Running:
+    ready: list[int] = []
+    stopper: list[Callable[[], None]] = []
+    started = threading.Event()
+
+    def on_ready(host: str, port: int) -> None:
+        ready.append(port)
+        started.set()
+
+    def target() -> None:
+        if kind == "trio":
+            trio.run(_trio_main, gateway, on_ready, stopper, kwargs)
+        elif kind == "asyncio":
+            asyncio.run(_asyncio_main(gateway, on_ready, stopper, kwargs))
+        else:
+            h11_blocking.serve(
+                host="127.0.0.1",
+                port=0,
+                gateway=gateway,
+                on_ready=on_ready,
+                on_server=lambda server: stopper.append(server.shutdown),
+                outbound=SyncOutbound(ssl_context=ssl_context()),
+                grace=2,
+                **kwargs,
+            )
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    return Running(ready[0], lambda: stopper[0](), thread)
+
+
+async def _trio_main(gateway: Any, on_ready: Any, stopper: list[Any], kwargs: Any) -> None:
+    shutdown = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    stopper.append(lambda: token.run_sync_soon(shutdown.set))
+    async with Outbound(ssl_context=ssl_context()) as outbound:
+        await trio_driver.serve(
+            host="127.0.0.1",
+            port=0,
+            gateway=gateway,
+            on_ready=on_ready,
+            shutdown=shutdown,
+            outbound=outbound,
+            grace=2,
+            **kwargs,
+        )
+
+
+async def _asyncio_main(gateway: Any, on_ready: Any, stopper: list[Any], kwargs: Any) -> None:
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    stopper.append(lambda: loop.call_soon_threadsafe(shutdown.set))
+    async with Outbound(ssl_context=ssl_context()) as outbound:
+        await asyncio_driver.serve(
+            host="127.0.0.1",
+            port=0,
+            gateway=gateway,
+            on_ready=on_ready,
+            shutdown=shutdown,
+            outbound=outbound,
+            grace=2,
+            **kwargs,
+        )
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        client = Client(sock)
+        status, _, body = client.get(path)
+        return status, body
+
+
+@pytest.mark.parametrize("kind", ["trio", "asyncio", "h11"])
+def test_a_shared_outcome_answers_the_request_waiting_for_it(
+    kind: str, upstream: StreamingUpstream
+) -> None:
+    server = run_in_thread(kind, SharedFetch(upstream.url))
+    try:
+        results: dict[str, tuple[int, bytes]] = {}
+
+        def fetch(path: str) -> None:
+            results[path] = get(server.port, path)
+
+        owner = threading.Thread(target=fetch, args=("/a",))
+        owner.start()
+        upstream.wait_for(1)
+        waiter = threading.Thread(target=fetch, args=("/b",))
+        waiter.start()
+        owner.join(10)
+        waiter.join(10)
+        assert results == {"/a": (200, b"owner 200"), "/b": (200, b"waiter 200")}
+    finally:
+        server.close()
+
+
+def test_the_asgi_adapter_routes_a_shared_outcome_too(upstream: StreamingUpstream) -> None:
+    app = GatewayApp(SharedFetch(upstream.url), outbound=None)
+
+    async def one(path: str, delay: float) -> tuple[int, bytes]:
+        await anyio.sleep(delay)
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode()}
+        scope.update(headers=[(b"host", b"t")], query_string=b"", http_version="1.1")
+        await app(scope, receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    async def main() -> dict[str, tuple[int, bytes]]:
+        results: dict[str, tuple[int, bytes]] = {}
+
+        async def run(path: str, delay: float) -> None:
+            results[path] = await one(path, delay)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(run, "/a", 0)
+            tasks.start_soon(run, "/b", 0.2)
+        await app.aclose()
+        return results
+
+    assert anyio.run(main) == {"/a": (200, b"owner 200"), "/b": (200, b"waiter 200")}
+
+
+# -- the outbound pool -----------------------------------------------------------------
+
+
+def test_the_async_pool_serves_many_waiting_requests_quickly(upstream: StreamingUpstream) -> None:
+    async def main() -> float:
+        async with Outbound(max_connections=20, ssl_context=ssl_context()) as outbound:
+
+            async def one(index: int) -> None:
+                action = ForwardUpstream(
+                    request_id=index,
+                    method="GET",
+                    url=f"{upstream.url}/echo?{index}",
+                    headers=(),
+                    body_limit=0,
+                    connect_timeout=5,
+                    read_timeout=10,
+                )
+
+                async def nothing() -> Any:
+                    return
+                    yield
+
+                result = await outbound.forward(action, nothing(), content_length=0)
+                assert not isinstance(result, Exception) and isinstance(result, tuple)
+                event, body = result
+                chunks = [chunk async for chunk in body]
+                await body.aclose()
+                assert event.status == 200
+                assert json.loads(b"".join(chunks))["target"] == f"/echo?{index}"
+
+            started = time.monotonic()
+            async with anyio.create_task_group() as tasks:
+                for index in range(300):
+                    tasks.start_soon(one, index)
+            return time.monotonic() - started
+
+    assert anyio.run(main) < 10
+    assert upstream.connections <= 20  # kept alive and reused, never over the limit
+
+
+def test_the_sync_outbound_streams_and_maps_failures_like_the_async_one(
+    upstream: StreamingUpstream,
+) -> None:
+    def forward(request_id: int, url: str) -> ForwardUpstream:
+        return ForwardUpstream(
+            request_id=request_id,
+            method="POST",
+            url=url,
+            headers=(("content-type", "x/y"),),
+            body_limit=100,
+            connect_timeout=2,
+            read_timeout=5,
+        )
+
+    def body() -> Iterator[bytes]:
+        yield b"abc"
+        yield b"def"
+
+    def broken() -> Iterator[bytes]:
+        yield b"x"
+        raise ClientBodyError(FailureReason.CLIENT, "client went away")
+
+    with SyncOutbound(ssl_context=ssl_context()) as outbound:
+        result = outbound.forward(forward(1, upstream.url + "/echo"), body(), content_length=None)
+        assert isinstance(result, tuple)
+        event, stream = result
+        answer = json.loads(b"".join(stream))
+        stream.close()
+        assert (event.status, answer["length"], answer["headers"]["transfer-encoding"]) == (
+            200,
+            6,
+            "chunked",
+        )
+        failed = outbound.forward(forward(2, upstream.url + "/echo"), broken(), content_length=None)
+        assert isinstance(failed, ActionFailed) and failed.reason is FailureReason.CLIENT
+        too_big = outbound.forward(forward(3, upstream.url), body(), content_length=1000)
+        assert isinstance(too_big, ActionFailed)
+        assert too_big.reason is FailureReason.BODY_TOO_LARGE
+
+        def send(request_id: int, url: str, timeout: float = 5) -> Event:
+            action = SendHTTP(request_id=request_id, method="GET", url=url, headers=())
+            return outbound.send(attrs.evolve(action, timeout=timeout))
+
+        ok = send(4, upstream.url + "/echo")
+        assert isinstance(ok, HTTPResponseReceived)
+        assert json.loads(ok.body)["target"] == "/echo"
+        refused = send(5, f"http://127.0.0.1:{free_port()}/")
+        assert isinstance(refused, ActionFailed) and refused.reason is FailureReason.CONNECT
+        slow = send(6, upstream.url + "/slow?seconds=2", timeout=0.3)
+        assert isinstance(slow, ActionFailed) and slow.reason is FailureReason.TIMEOUT
+
+
+class Relay:
+    """A stand-in core: forward every request to ``upstream``, relay what comes back."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+
+    def handle(self, event: Event) -> list[Action]:
+        if isinstance(event, RequestReceived):
+            forward = ForwardUpstream(
+                request_id=event.request_id,
+                method="GET",
+                url=self.upstream + event.target,
+                headers=(),
+                body_limit=0,
+                connect_timeout=5,
+                read_timeout=10,
+            )
+            return [forward]
+        if isinstance(event, UpstreamResponded):
+            kept = tuple(h for h in event.headers if h[0] == "content-length")
+            return [RelayResponse(request_id=event.request_id, status=200, headers=kept)]
+        return [respond(getattr(event, "request_id", 0), b"failed")]
+
+
+def test_the_asgi_adapter_stops_relaying_when_the_client_leaves(
+    upstream: StreamingUpstream,
+) -> None:
+    app = GatewayApp(Relay(upstream.url))
+    size = 200 * 1024 * 1024
+
+    async def main() -> int:
+        sent = 0
+        gone = anyio.Event()
+        requested = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal sent
+            sent += len(message.get("body", b""))
+            if sent > 1024 * 1024:
+                gone.set()  # the client reads a megabyte, then leaves
+            await anyio.sleep(0)
+
+        path = f"/download?size={size}"
+        scope = {"type": "http", "method": "GET", "path": "/download", "raw_path": b"/download"}
+        scope.update(headers=[(b"host", b"t")], query_string=path.split("?")[1].encode())
+        scope["http_version"] = "1.1"
+        with anyio.fail_after(10):
+            await app(scope, receive, send)
+        await app.aclose()
+        return sent
+
+    assert 1024 * 1024 < anyio.run(main) < size // 4

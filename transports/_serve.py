@@ -1,0 +1,129 @@
+"""``sapg serve``'s server options and the choice of driver (trio, asyncio or blocking h11)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Final
+
+from sapg_core import ServerLimits
+
+from ._common import GatewayFactory, GatewayLike, Reload, Timeouts
+from ._logging import LOG_FORMATS
+from .h11_blocking import DEFAULT_WORKERS
+
+__all__ = ["TRANSPORTS", "add_server_arguments", "run_driver", "timeouts_from"]
+
+TRANSPORTS: Final = ("trio", "asyncio", "h11")
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every driver understands (``--workers`` is the blocking driver's)."""
+    parser.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="trio",
+        help="trio (default), asyncio, or h11: blocking sockets and a bounded thread pool",
+    )
+    parser.add_argument(
+        "--read-timeout",
+        type=_positive,
+        default=Timeouts().read,
+        metavar="SECONDS",
+        help="a started request (head or body) or a write that stalls this long is cut off",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_positive,
+        default=Timeouts().idle,
+        metavar="SECONDS",
+        help="a keep-alive connection with no new request this long is closed",
+    )
+    parser.add_argument(
+        "--max-header-size",
+        type=int,
+        default=ServerLimits().max_header_bytes,
+        metavar="BYTES",
+        help="largest request line plus headers, 431 beyond (0: no limit)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_count,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help="h11 transport: worker threads, so connections served at once; "
+        "past them a new connection is answered 503",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text lines or one JSON object per line (the access log included)",
+    )
+
+
+def timeouts_from(args: argparse.Namespace) -> Timeouts:
+    return Timeouts(read=args.read_timeout, idle=args.idle_timeout)
+
+
+def run_driver(
+    transport: str,
+    *,
+    host: str,
+    port: int,
+    gateway: GatewayLike | None,
+    gateway_factory: GatewayFactory | None,
+    reload: Reload | None,
+    limits: ServerLimits,
+    timeouts: Timeouts,
+    workers: int,
+    on_ready: Callable[[str, int], None],
+    grace: float,
+) -> int:
+    """Run the chosen driver until SIGINT/SIGTERM; its exit code."""
+    if transport == "h11":
+        from . import h11_blocking
+
+        return h11_blocking.run(
+            host=host,
+            port=port,
+            gateway=gateway,
+            gateway_factory=gateway_factory,
+            reload=reload,
+            limits=limits,
+            timeouts=timeouts,
+            workers=workers,
+            on_ready=on_ready,
+            grace=grace,
+        )
+    if transport == "asyncio":
+        from . import asyncio_driver as driver
+    elif transport == "trio":
+        from . import trio_driver as driver  # type: ignore[no-redef]
+    else:
+        raise ValueError(f"unknown transport {transport!r}")
+    return driver.run(
+        host=host,
+        port=port,
+        gateway=gateway,
+        gateway_factory=gateway_factory,
+        reload=reload,
+        limits=limits,
+        timeouts=timeouts,
+        on_ready=on_ready,
+        grace=grace,
+    )

@@ -1,0 +1,402 @@
+"""The ASGI adapter: the gateway as an ASGI 3 application, for uvicorn, hypercorn or granian.
+
+    SAPG_CONFIG=gateway.json uvicorn --factory transports.asgi:create_app \\
+        --workers 4 --http httptools --no-access-log
+
+The ASGI server owns the wire (parsing, keep-alive, header limits, timeouts,
+signals, worker processes); this module is the rest of a driver, with the same
+shape and method names as the others: each ``http`` scope becomes a
+``RequestReceived``, ``gateway.handle`` is called, each action is carried out by
+the executor for its type and its outcome is fed back. Request bodies are read
+from ``receive()`` as the core asks for them, streamed upstream for proxied
+routes; proxied response bodies are streamed back with ``more_body``. The
+outbound executor is the anyio one (:class:`Outbound`), opened and closed with
+the ``lifespan`` protocol (or on first use where the server has no lifespan).
+No policy lives here.
+
+Configuration comes from :func:`create_app`'s arguments or the environment:
+``SAPG_CONFIG`` (a config file; else ``SAG_API_CONFIG_JSON``, as ``sapg
+serve``), ``SAPG_MAX_BODY_SIZE``, ``SAG_STRICT_CONFIG``, ``SAPG_LOG_LEVEL`` and
+``SAPG_LOG_FORMAT``. Each worker process builds its own gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import time
+import urllib.parse
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, Final
+
+import anyio
+
+from sapg_core import (
+    Action,
+    ActionFailed,
+    BodyReceived,
+    Event,
+    FailureReason,
+    ForwardUpstream,
+    Gateway,
+    Headers,
+    Log,
+    ReadBody,
+    RelayResponse,
+    RequestAborted,
+    RequestHead,
+    Respond,
+    SendHTTP,
+)
+
+from ._async_driver import AsyncExchange
+from ._common import ClientBodyError, Exchanges, GatewayLike, request_received, upstream_origin
+from ._logging import configure_logging, log_access
+from ._outbound import Outbound, OutboundError
+
+__all__ = ["GatewayApp", "create_app"]
+
+logger = logging.getLogger("sapg")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_FRAMING: Final = ("content-length", "transfer-encoding")
+_NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+_WATCH_FROM: Final = 256 * 1024  # relayed bodies larger than this stop when the client leaves
+
+
+class ClientGone(Exception):
+    """The ASGI server reported the client's disconnect."""
+
+
+class _Request:
+    """One ASGI ``http`` scope: the adapter's stand-in for a driver's connection."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope, self.receive, self.send = scope, receive, send
+        self.is_broken = False  # the client left, or the answer broke off: send nothing more
+
+
+def _request_head(scope: Scope) -> RequestHead:
+    # ASGI servers give lower-case names as bytes (RequestReceived lower-cases anyway).
+    headers: Headers = tuple(
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
+    )
+    raw_path = scope.get("raw_path")
+    path = (
+        bytes(raw_path).decode("latin-1")
+        if raw_path
+        else urllib.parse.quote(scope["path"], safe="/:@!$&'()*+,;=-._~%")
+    )
+    query = bytes(scope.get("query_string") or b"").decode("latin-1")
+    version = str(scope.get("http_version", "1.1"))
+    return RequestHead(
+        method=scope["method"],
+        target=f"{path}?{query}" if query else path,
+        headers=headers,
+        http_version=version,
+        keep_alive=True,
+        content_length=_content_length(scope["method"], headers, version),
+    )
+
+
+def _content_length(method: str, headers: Headers, version: str) -> int | None:
+    """The declared body length; None where the body's end is not known up front."""
+    for name, value in headers:
+        if name == "content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    if any(name == "transfer-encoding" for name, _ in headers):
+        return None
+    # HTTP/2 and 3 need no Content-Length for a body; HTTP/1.x without one has none.
+    return None if version[:1] in ("2", "3") and method not in _NO_BODY_METHODS else 0
+
+
+def _worth_watching(headers: Headers, exchange: AsyncExchange) -> bool:
+    """Whether to watch for the client leaving while a response body is relayed.
+
+    Only once the request body is read (``receive()`` has nothing else to
+    give), and only for bodies that are large or of unknown length: a watcher
+    task costs more than relaying a small body to nobody.
+    """
+    if not (exchange.is_body_done or exchange.content_length == 0):
+        return False
+    for name, value in headers:
+        if name == "content-length":
+            return not value.isdigit() or int(value) > _WATCH_FROM
+    return True
+
+
+def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+class GatewayApp:
+    """An ASGI 3 application that drives one gateway; build it with :func:`create_app`.
+
+    Args:
+        gateway: the core to drive.
+        outbound: the upstream executor (default: opened at lifespan startup,
+            or on first use, and closed at lifespan shutdown).
+    """
+
+    def __init__(self, gateway: GatewayLike, *, outbound: Outbound | None = None) -> None:
+        self.gateway = gateway
+        self.outbound = outbound
+        self._exchanges = Exchanges()
+        self._executors: dict[type[Action], Callable[..., Awaitable[Event | None]]] = {
+            Respond: self._respond,
+            ForwardUpstream: self._forward,
+            RelayResponse: self._relay,
+            ReadBody: self._read_body,
+            SendHTTP: self._send_http,
+            Log: self._log,
+            # CallService: self._call_service,  (services: carried out here)
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._handle_request(_Request(scope, receive, send))
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websocket: not something a gateway config can route
+            await receive()
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._outbound()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def aclose(self) -> None:
+        if self.outbound is not None:
+            await self.outbound.aclose()
+            self.outbound = None
+
+    def _outbound(self) -> Outbound:
+        if self.outbound is None:
+            self.outbound = Outbound()
+        return self.outbound
+
+    # -- one request ---------------------------------------------------------------------
+
+    async def _handle_request(self, request: _Request) -> None:
+        head = _request_head(request.scope)
+        exchange = AsyncExchange(self.gateway, head)
+        self._exchanges.add(exchange)
+        event = request_received(
+            head,
+            request_id=exchange.request_id,
+            now=time.time(),
+            entropy=secrets.token_bytes(32),
+            scheme=str(request.scope.get("scheme", "http")),
+        )
+        try:
+            await self._execute(request, exchange, exchange.gateway.handle(event))
+        except ClientGone:
+            request.is_broken = True
+        finally:
+            self._exchanges.discard(exchange)
+            if not exchange.is_finished:
+                aborted = RequestAborted(request_id=exchange.request_id, now=time.time())
+                self._exchanges.deliver(exchange, exchange.gateway.handle(aborted))
+            log_access(exchange)
+            if exchange.upstream is not None:
+                await exchange.upstream.aclose()
+
+    async def _execute(
+        self, request: _Request, exchange: AsyncExchange, actions: list[Action]
+    ) -> None:
+        """Carry out the request's actions in order, feeding each outcome back to its gateway."""
+        self._exchanges.deliver(exchange, actions)
+        inbox = exchange.inbox
+        while inbox or not exchange.is_finished:
+            if not inbox and not await exchange.wait_for_actions():
+                logger.error("request %d: the core gave no answer", exchange.request_id)
+                return
+            action = inbox.popleft()
+            executor = self._executors.get(type(action))
+            if executor is None:
+                raise TypeError(f"no executor for {type(action).__name__}")
+            outcome = await executor(request, exchange, action)
+            if outcome is not None:
+                self._exchanges.deliver(exchange, exchange.gateway.handle(outcome))
+
+    # -- executors, one per action type ------------------------------------------------------
+
+    async def _respond(self, request: _Request, exchange: AsyncExchange, action: Respond) -> None:
+        exchange.is_finished = True
+        exchange.status, exchange.route = action.status, action.route
+        headers = [pair for pair in action.headers if pair[0] not in _FRAMING]
+        if action.status == 304:
+            headers = [pair for pair in action.headers if pair[0] != "transfer-encoding"]
+        elif action.status != 204:
+            headers.append(("content-length", str(len(action.body))))
+        start = {"type": "http.response.start", "status": action.status}
+        await request.send({**start, "headers": _encode(tuple(headers))})
+        await request.send({"type": "http.response.body", "body": action.body})
+
+    async def _forward(
+        self, request: _Request, exchange: AsyncExchange, action: ForwardUpstream
+    ) -> Event:
+        exchange.upstream_origin = upstream_origin(action.url)
+        body = self._client_body(request, exchange, action.body_limit)
+        try:
+            result = await self._outbound().forward(
+                action, body, content_length=exchange.content_length
+            )
+        finally:
+            await body.aclose()
+        if exchange.is_finished:  # the client went away while we streamed its body
+            return RequestAborted(request_id=exchange.request_id, now=time.time())
+        if isinstance(result, ActionFailed):
+            return result
+        event, exchange.upstream = result
+        return event
+
+    async def _relay(
+        self, request: _Request, exchange: AsyncExchange, action: RelayResponse
+    ) -> None:
+        exchange.is_finished = True
+        exchange.status, exchange.route = action.status, action.route
+        upstream = exchange.upstream
+        if upstream is None:
+            raise RuntimeError(f"request {exchange.request_id}: RelayResponse without an upstream")
+        headers = [pair for pair in action.headers if pair[0] != "transfer-encoding"]
+        start = {"type": "http.response.start", "status": action.status}
+        await request.send({**start, "headers": _encode(tuple(headers))})
+        with anyio.CancelScope() as relay:
+            async with anyio.create_task_group() as watchers:
+                if _worth_watching(action.headers, exchange):
+                    watchers.start_soon(self._watch_disconnect, request, relay)
+                try:
+                    async for chunk in upstream:
+                        await request.send(
+                            {"type": "http.response.body", "body": chunk, "more_body": True}
+                        )
+                except OutboundError as exc:  # the head is out: breaking off is all that is left
+                    logger.warning(
+                        "request %d: upstream body broke off (%s): %s",
+                        exchange.request_id,
+                        exc.reason.value,
+                        exc.detail,
+                    )
+                    request.is_broken = True
+                watchers.cancel_scope.cancel()
+        if relay.cancelled_caught or request.is_broken:
+            return  # an unfinished response: the server closes the connection
+        await request.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch_disconnect(self, request: _Request, relay: anyio.CancelScope) -> None:
+        """Stop relaying if the client leaves (the request body is read: only that can come)."""
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            request.is_broken = True
+            relay.cancel()
+
+    async def _read_body(
+        self, request: _Request, exchange: AsyncExchange, action: ReadBody
+    ) -> Event:
+        chunks: list[bytes] = []
+        try:
+            async for chunk in self._client_body(request, exchange, action.limit):
+                chunks.append(chunk)
+        except ClientBodyError as exc:
+            if exc.aborted:
+                return RequestAborted(request_id=exchange.request_id, now=time.time())
+            return ActionFailed(
+                request_id=exchange.request_id,
+                reason=exc.reason,
+                detail=exc.detail,
+                now=time.time(),
+            )
+        return BodyReceived(request_id=exchange.request_id, body=b"".join(chunks), now=time.time())
+
+    async def _send_http(
+        self, request: _Request, exchange: AsyncExchange, action: SendHTTP
+    ) -> Event:
+        exchange.upstream_origin = upstream_origin(action.url)
+        return await self._outbound().send(action)
+
+    async def _log(self, request: _Request, exchange: AsyncExchange, action: Log) -> None:
+        logger.log(int(action.level), "request %s: %s", action.request_id, action.message)
+
+    # -- the request body ------------------------------------------------------------------
+
+    async def _client_body(
+        self, request: _Request, exchange: AsyncExchange, limit: int
+    ) -> AsyncGenerator[bytes, None]:
+        """The request body from ``receive()``; raises :class:`ClientBodyError` on failure."""
+        if exchange.is_body_done:
+            return
+        received = 0
+        while True:
+            message = await request.receive()
+            if message["type"] != "http.request":  # http.disconnect
+                exchange.is_body_done = exchange.is_finished = True
+                request.is_broken = True
+                raise ClientBodyError(FailureReason.CLIENT, "client went away", aborted=True)
+            chunk = bytes(message.get("body", b""))
+            received += len(chunk)
+            if limit and received > limit:
+                exchange.is_body_done = True
+                raise ClientBodyError(FailureReason.BODY_TOO_LARGE, f"body over {limit} bytes")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                exchange.is_body_done = True
+                return
+
+
+def create_app(
+    config: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    max_body_size: int | None = None,
+) -> GatewayApp:
+    """Build the ASGI application from a config file (``config``, else ``$SAPG_CONFIG``).
+
+    Without either, the inline JSON in ``SAG_API_CONFIG_JSON`` is used, as by
+    ``sapg serve``. Config errors are printed; with ``SAG_STRICT_CONFIG=true``
+    they stop the start-up (the server reports the exception).
+
+    Raises:
+        RuntimeError: no config given, or it cannot be loaded.
+    """
+    from .cli import LoadError, StartRefused, _compile, read_config, strict_from_env
+
+    environ = dict(os.environ if env is None else env)
+    configure_logging(environ.get("SAPG_LOG_LEVEL", "info"), environ.get("SAPG_LOG_FORMAT", "text"))
+    path = config or environ.get("SAPG_CONFIG") or None
+    limit = max_body_size
+    if limit is None:
+        limit = int(environ.get("SAPG_MAX_BODY_SIZE", str(10 * 1024 * 1024)))
+    try:
+        loaded = read_config(path, environ)
+        if loaded is None:
+            raise LoadError("no config: set SAPG_CONFIG (a file) or SAG_API_CONFIG_JSON")
+        raw, source = loaded
+        result = _compile(raw, source, environ)
+        for diag in result.errors:
+            print(f"sapg: config error: {source}: {diag}", file=sys.stderr)
+        for diag in result.warnings:
+            print(f"sapg: warning: {source}: {diag}", file=sys.stderr)
+        if result.errors and strict_from_env(environ):
+            raise StartRefused(f"{source}: invalid config, refusing to start (strict mode)")
+    except LoadError as exc:
+        raise RuntimeError(f"sapg: {exc}") from None
+    return GatewayApp(Gateway(result.config, max_body_bytes=limit))

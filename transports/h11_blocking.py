@@ -1,0 +1,686 @@
+"""The blocking-socket server ("raw h11"): plain sockets and a bounded pool of worker threads.
+
+The same loop as the trio and asyncio drivers, written with blocking calls:
+the main thread accepts and hands each connection to a worker thread, which
+reads, feeds :class:`ServerConnection`, turns each request head into
+``RequestReceived``, calls ``gateway.handle`` and carries out each action
+through :attr:`BlockingServer._executors` (keyed by action type), feeding each
+outcome back. Method names match the async drivers (``run``, ``_accept``,
+``_serve_connection``, ``_serve_requests``, ``_handle_request``, ``_execute``,
+the executors, ``_client_body``, ``_next_event``, ``_send``, ``_close``).
+
+A connection holds its worker for its whole life (keep-alive included), so
+``workers`` bounds both threads and open connections. When every worker is
+busy, a new connection is answered ``503`` JSON ``SERVER_BUSY`` at once and
+closed instead of waiting in a queue. The core is not thread-safe: calls to
+``handle`` are serialised by one lock (they are short: the I/O is outside).
+No policy lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import secrets
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Generator
+from typing import Any, Final
+
+from sapg_core import (
+    Action,
+    ActionFailed,
+    BodyChunk,
+    BodyEnd,
+    BodyReceived,
+    ConnectionClosed,
+    Event,
+    FailureReason,
+    ForwardUpstream,
+    HTTPEvent,
+    Log,
+    NeedData,
+    ProtocolFailure,
+    ReadBody,
+    RelayResponse,
+    RequestAborted,
+    RequestHead,
+    Respond,
+    SendHTTP,
+    ServerConnection,
+    ServerLimits,
+)
+
+from ._common import (
+    SERVER_BUSY_RESPONSE,
+    ClientBodyError,
+    ExchangeBase,
+    Exchanges,
+    GatewayFactory,
+    GatewayLike,
+    Reload,
+    Timeouts,
+    http_date,
+    request_received,
+    try_reload,
+    upstream_origin,
+)
+from ._logging import log_access
+from ._outbound import OutboundError, SyncOutbound, SyncUpstreamBody
+
+__all__ = ["BlockingServer", "run", "serve"]
+
+logger = logging.getLogger("sapg")
+_RECEIVE_SIZE = 65536
+_BACKLOG = 1024
+_MAX_REJECTED = 256  # refused connections lingering at once; past it, closed at once
+PARKED_LIMIT: Final = 120.0
+DEFAULT_WORKERS: Final = 64
+
+
+class ClientGone(Exception):
+    """Writing to the client failed or stalled."""
+
+
+class _Connection:
+    def __init__(self, sock: socket.socket, peer: str, limits: ServerLimits) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.http = ServerConnection(limits)
+        self.is_broken = False
+        self.is_waiting_idle = False  # blocked reading between requests: shutdown may wake it
+        self.timeout: float | None = None
+
+    def settimeout(self, seconds: float) -> None:
+        if seconds != self.timeout:
+            self.sock.settimeout(seconds)
+            self.timeout = seconds
+
+
+class _Exchange(ExchangeBase):
+    """One request in flight on a worker thread."""
+
+    def __init__(self, gateway: GatewayLike, head: RequestHead) -> None:
+        super().__init__(gateway, head.method, head.target, head.content_length)
+        self.upstream: SyncUpstreamBody | None = None
+        self._woken = threading.Event()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def wait_for_actions(self) -> bool:
+        """Wait until another request delivers actions here; False after :data:`PARKED_LIMIT`."""
+        self._woken.wait(PARKED_LIMIT)
+        self._woken.clear()
+        return bool(self.inbox)
+
+
+class _Workers:
+    """At most ``size`` daemon threads; :meth:`try_submit` refuses rather than queue."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.busy = 0
+        self._threads = 0
+        self._lock = threading.Condition()
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = (
+            queue.SimpleQueue()
+        )
+
+    def try_submit(self, job: Callable[..., None], *args: Any) -> bool:
+        with self._lock:
+            if self.busy >= self.size:
+                return False
+            self.busy += 1
+            if self._threads < self.busy:  # every queued job has a thread to run it
+                self._threads += 1
+                threading.Thread(target=self._work, name="sapg-worker", daemon=True).start()
+        self._jobs.put((job, args))
+        return True
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: self.busy == 0, timeout)
+
+    def _work(self) -> None:
+        while True:
+            job, args = self._jobs.get()
+            try:
+                job(*args)
+            finally:
+                with self._lock:
+                    self.busy -= 1
+                    self._lock.notify_all()
+
+
+_Executor = Callable[[_Connection, _Exchange, Any], Event | None]
+
+
+class BlockingServer:
+    """Serves one gateway on a listening socket with worker threads; see :func:`serve`."""
+
+    def __init__(
+        self,
+        *,
+        gateway: GatewayLike,
+        limits: ServerLimits,
+        timeouts: Timeouts,
+        outbound: SyncOutbound,
+        workers: int = DEFAULT_WORKERS,
+        reload: Reload | None = None,
+    ) -> None:
+        self.gateway, self.limits, self.timeouts, self.outbound = (
+            gateway,
+            limits,
+            timeouts,
+            outbound,
+        )
+        self.reload = reload
+        self.is_draining = False
+        self._workers = _Workers(workers)
+        self._core_lock = threading.Lock()
+        self._connections: set[_Connection] = set()
+        self._exchanges = Exchanges()
+        self._shutdown = threading.Event()
+        self._reload_requested = False
+        self._waker_r, self._waker_w = socket.socketpair()
+        self._executors: dict[type[Action], _Executor] = {
+            Respond: self._respond,
+            ForwardUpstream: self._forward,
+            RelayResponse: self._relay,
+            ReadBody: self._read_body,
+            SendHTTP: self._send_http,
+            Log: self._log,
+            # CallService: self._call_service,  (services: carried out here)
+        }
+
+    # -- control, safe from signal handlers and other threads ------------------------------
+
+    def shutdown(self) -> None:
+        """Stop accepting; :meth:`run` then lets in-flight requests finish."""
+        self._shutdown.set()
+        self._wake()
+
+    def request_reload(self) -> None:
+        """Ask :meth:`run` to call :meth:`reload_config` (SIGHUP does)."""
+        self._reload_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._waker_w.send(b"\0")
+
+    def reload_config(self) -> bool:
+        """Serve new requests with a gateway built from the config as it is now.
+
+        Requests in flight finish on the gateway they started on. If the new
+        config is refused, the old gateway keeps serving (the log says why).
+        """
+        if self.reload is None:
+            logger.warning("reload asked for, but this server has no config file to re-read")
+            return False
+        gateway = try_reload(self.reload)
+        if gateway is None:
+            return False
+        self.gateway = gateway  # one assignment: each new request sees old or new, whole
+        return True
+
+    # -- accepting -------------------------------------------------------------------------
+
+    def run(self, listener: socket.socket, *, grace: float) -> None:
+        """Accept until :meth:`shutdown`, then let in-flight requests finish within ``grace``.
+
+        Refused connections (every worker busy) get the 503 and linger here,
+        read and discarded, so that the close does not destroy the answer.
+        """
+        selector = selectors.DefaultSelector()
+        listener.setblocking(False)
+        selector.register(listener, selectors.EVENT_READ, "accept")
+        selector.register(self._waker_r, selectors.EVENT_READ, "wake")
+        rejected: dict[socket.socket, float] = {}
+        try:
+            while not self._shutdown.is_set():
+                for key, _ in selector.select(timeout=0.5):
+                    if key.data == "accept":
+                        self._accept(listener, selector, rejected)
+                    elif key.data == "wake":
+                        with contextlib.suppress(OSError):
+                            self._waker_r.recv(512)
+                    else:
+                        self._linger(key.fileobj, selector, rejected)  # type: ignore[arg-type]
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self.reload_config()
+                _expire(rejected, selector)
+        finally:
+            selector.close()
+            listener.close()
+            for sock in rejected:
+                sock.close()
+        self._drain(grace)
+
+    def _accept(
+        self,
+        listener: socket.socket,
+        selector: selectors.BaseSelector,
+        rejected: dict[socket.socket, float],
+    ) -> None:
+        try:
+            sock, address = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # EMFILE and friends: back off, keep serving
+            logger.error("accept failed: %s", exc)
+            time.sleep(0.1)
+            return
+        peer = f"{address[0]}:{address[1]}"
+        sock.setblocking(True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._workers.try_submit(self._serve_connection, sock, peer):
+            return
+        logger.warning("server busy (%d workers): refused %s", self._workers.size, peer)
+        sock.setblocking(False)
+        try:
+            sock.send(SERVER_BUSY_RESPONSE)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if len(rejected) >= _MAX_REJECTED:
+            sock.close()
+            return
+        rejected[sock] = time.monotonic() + self.timeouts.linger
+        selector.register(sock, selectors.EVENT_READ, "linger")
+
+    def _linger(
+        self,
+        sock: socket.socket,
+        selector: selectors.BaseSelector,
+        rejected: dict[socket.socket, float],
+    ) -> None:
+        try:
+            if sock.recv(_RECEIVE_SIZE):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        selector.unregister(sock)
+        rejected.pop(sock, None)
+        sock.close()
+
+    def _drain(self, grace: float) -> None:
+        self.is_draining = True
+        for conn in list(self._connections):
+            conn.http.stop_keep_alive()
+            if conn.is_waiting_idle:  # wake its blocked read: it closes
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RD)
+        if not self._workers.wait_idle(grace):
+            logger.warning("grace period over: closing %d connections", self._workers.busy)
+            for conn in list(self._connections):
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+            self._workers.wait_idle(2)
+
+    # -- one connection, one request at a time (a worker thread) -------------------------
+
+    def _serve_connection(self, sock: socket.socket, peer: str) -> None:
+        conn = _Connection(sock, peer, self.limits)
+        self._connections.add(conn)
+        try:
+            self._serve_requests(conn)
+        except ClientGone:
+            pass
+        except Exception:  # the boundary: one broken connection must not stop the server
+            logger.exception("connection handler failed")
+        finally:
+            self._connections.discard(conn)
+            self._close(conn)
+
+    def _serve_requests(self, conn: _Connection) -> None:
+        while not conn.is_broken:
+            event = self._next_event(conn)
+            if isinstance(event, RequestHead):
+                self._handle_request(conn, event)
+            elif isinstance(event, ProtocolFailure):
+                logger.info(
+                    "protocol failure from %s (%d): %s", conn.peer, event.status, event.detail
+                )
+                self._send(conn, event.response_bytes)
+                break
+            else:
+                break
+
+    def _handle_request(self, conn: _Connection, head: RequestHead) -> None:
+        exchange = _Exchange(self.gateway, head)
+        self._exchanges.add(exchange)
+        event = request_received(
+            head,
+            request_id=exchange.request_id,
+            now=time.time(),
+            entropy=secrets.token_bytes(32),
+            scheme="http",
+        )
+        try:
+            self._execute(conn, exchange, self._handle(exchange, event))
+        except ClientGone:
+            conn.is_broken = True
+        finally:
+            self._exchanges.discard(exchange)
+            if not exchange.is_finished:  # the client left, or the request was given up
+                conn.is_broken = True
+                aborted = RequestAborted(request_id=exchange.request_id, now=time.time())
+                self._exchanges.deliver(exchange, self._handle(exchange, aborted))
+            log_access(exchange)
+            if exchange.upstream is not None:
+                exchange.upstream.close()
+
+    def _handle(self, exchange: _Exchange, event: Event) -> list[Action]:
+        with self._core_lock:
+            return exchange.gateway.handle(event)
+
+    def _execute(self, conn: _Connection, exchange: _Exchange, actions: list[Action]) -> None:
+        """Carry out the request's actions in order, feeding each outcome back to its gateway."""
+        self._exchanges.deliver(exchange, actions)
+        inbox = exchange.inbox
+        while inbox or not exchange.is_finished:
+            if not inbox and not exchange.wait_for_actions():
+                logger.error("request %d: the core gave no answer", exchange.request_id)
+                return
+            action = inbox.popleft()
+            executor = self._executors.get(type(action))
+            if executor is None:
+                raise TypeError(f"no executor for {type(action).__name__}")
+            outcome = executor(conn, exchange, action)
+            if outcome is not None:
+                self._exchanges.deliver(exchange, self._handle(exchange, outcome))
+
+    # -- executors, one per action type ------------------------------------------------------
+
+    def _respond(self, conn: _Connection, exchange: _Exchange, action: Respond) -> None:
+        exchange.is_finished = True
+        exchange.status, exchange.route = action.status, action.route
+        date = http_date(time.time())
+        self._send(
+            conn, conn.http.send_response(action.status, action.headers, action.body, date=date)
+        )
+
+    def _forward(self, conn: _Connection, exchange: _Exchange, action: ForwardUpstream) -> Event:
+        exchange.upstream_origin = upstream_origin(action.url)
+        body = self._client_body(conn, exchange, action.body_limit)
+        try:
+            result = self.outbound.forward(action, body, content_length=exchange.content_length)
+        finally:
+            body.close()
+        if exchange.is_finished:  # the client went away while we streamed its body
+            return RequestAborted(request_id=exchange.request_id, now=time.time())
+        if isinstance(result, ActionFailed):
+            return result
+        event, exchange.upstream = result
+        return event
+
+    def _relay(self, conn: _Connection, exchange: _Exchange, action: RelayResponse) -> None:
+        exchange.is_finished = True
+        exchange.status, exchange.route = action.status, action.route
+        upstream = exchange.upstream
+        if upstream is None:
+            raise RuntimeError(f"request {exchange.request_id}: RelayResponse without an upstream")
+        date = http_date(time.time())
+        self._send(conn, conn.http.send_head(action.status, action.headers, date=date))
+        try:
+            for chunk in upstream:
+                self._send(conn, conn.http.send_body(chunk))
+        except OutboundError as exc:  # the head is out: closing is all that is left to say
+            logger.warning(
+                "request %d: upstream body broke off (%s): %s",
+                exchange.request_id,
+                exc.reason.value,
+                exc.detail,
+            )
+            conn.is_broken = True
+            return
+        self._send(conn, conn.http.send_end())
+
+    def _read_body(self, conn: _Connection, exchange: _Exchange, action: ReadBody) -> Event:
+        try:
+            body = b"".join(self._client_body(conn, exchange, action.limit))
+        except ClientBodyError as exc:
+            if exc.aborted:
+                return RequestAborted(request_id=exchange.request_id, now=time.time())
+            return ActionFailed(
+                request_id=exchange.request_id,
+                reason=exc.reason,
+                detail=exc.detail,
+                now=time.time(),
+            )
+        return BodyReceived(request_id=exchange.request_id, body=body, now=time.time())
+
+    def _send_http(self, conn: _Connection, exchange: _Exchange, action: SendHTTP) -> Event:
+        exchange.upstream_origin = upstream_origin(action.url)
+        return self.outbound.send(action)
+
+    def _log(self, conn: _Connection, exchange: _Exchange, action: Log) -> None:
+        logger.log(int(action.level), "request %s: %s", action.request_id, action.message)
+
+    # -- I/O helpers ---------------------------------------------------------------------------
+
+    def _client_body(
+        self, conn: _Connection, exchange: _Exchange, limit: int
+    ) -> Generator[bytes, None, None]:
+        """The request body as it arrives; raises :class:`ClientBodyError` on failure."""
+        if exchange.is_body_done:
+            return
+        try:
+            self._send(conn, conn.http.send_continue())
+        except ClientGone:
+            exchange.is_finished = True
+            raise ClientBodyError(FailureReason.CLIENT, "client went away", aborted=True) from None
+        received = 0
+        while True:
+            event = self._next_event(conn)
+            if isinstance(event, BodyChunk):
+                received += len(event.data)
+                if limit and received > limit:
+                    exchange.is_body_done = True
+                    conn.http.stop_keep_alive()
+                    raise ClientBodyError(FailureReason.BODY_TOO_LARGE, f"body over {limit} bytes")
+                yield event.data
+                continue
+            exchange.is_body_done = True
+            if isinstance(event, BodyEnd):
+                return
+            if isinstance(event, ProtocolFailure):
+                reason = (
+                    FailureReason.BODY_TOO_LARGE if event.status == 413 else FailureReason.CLIENT
+                )
+                raise ClientBodyError(reason, event.detail)
+            exchange.is_finished = True  # closed, or stalled past the read timeout
+            conn.is_broken = True
+            raise ClientBodyError(FailureReason.CLIENT, "client went away", aborted=True)
+
+    def _next_event(self, conn: _Connection) -> HTTPEvent:
+        """The next event, reading as needed; a read timeout or dead socket is ConnectionClosed."""
+        while True:
+            event = conn.http.next_event()
+            if not isinstance(event, NeedData):
+                return event
+            idle = conn.http.is_idle
+            conn.is_waiting_idle = idle
+            if idle and self.is_draining:  # checked after the flag: see _drain
+                return ConnectionClosed()
+            data = None
+            try:
+                conn.settimeout(self.timeouts.idle if idle else self.timeouts.read)
+                data = conn.sock.recv(_RECEIVE_SIZE)
+            except OSError:  # timed out (TimeoutError is one), reset, shut down
+                pass
+            conn.is_waiting_idle = False
+            if data is None:  # timed out, reset, or woken at shutdown
+                conn.is_broken = True
+                return ConnectionClosed()
+            conn.http.receive_data(data)
+
+    def _send(self, conn: _Connection, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            conn.settimeout(self.timeouts.read)
+            conn.sock.sendall(data)
+            return
+        except OSError:
+            pass
+        conn.http.stop_keep_alive()
+        raise ClientGone
+
+    def _close(self, conn: _Connection) -> None:
+        """Close, first reading what the client still sends so the close is not a reset."""
+        if conn.http.has_unread_input and not conn.is_broken:
+            deadline = time.monotonic() + self.timeouts.linger
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_WR)
+                while (left := deadline - time.monotonic()) > 0:
+                    conn.settimeout(left)
+                    if not conn.sock.recv(_RECEIVE_SIZE):
+                        break
+        conn.sock.close()
+
+
+def _expire(rejected: dict[socket.socket, float], selector: selectors.BaseSelector) -> None:
+    if not rejected:
+        return
+    now = time.monotonic()
+    for sock, deadline in list(rejected.items()):
+        if deadline <= now:
+            selector.unregister(sock)
+            del rejected[sock]
+            sock.close()
+
+
+def serve(
+    *,
+    host: str,
+    port: int,
+    gateway: GatewayLike | None = None,
+    gateway_factory: GatewayFactory | None = None,
+    reload: Reload | None = None,
+    limits: ServerLimits | None = None,
+    timeouts: Timeouts | None = None,
+    workers: int = DEFAULT_WORKERS,
+    on_ready: Callable[[str, int], None] | None = None,
+    on_server: Callable[[BlockingServer], None] | None = None,
+    grace: float = 10.0,
+    outbound: SyncOutbound | None = None,
+) -> None:
+    """Serve until :meth:`BlockingServer.shutdown`, then shut down gracefully and return.
+
+    Args:
+        gateway: the core to drive; or ``gateway_factory(host, port)`` builds it
+            once the listener is bound (give exactly one of them).
+        reload: builds the gateway for new requests when
+            :meth:`BlockingServer.request_reload` is called (SIGHUP, under :func:`run`).
+        limits, timeouts: the server's; defaults as in their classes.
+        workers: worker threads, so also the most connections served at once.
+        on_ready: called with the bound host and port once accepting.
+        on_server: called with the server before accepting (to shut it down later).
+        grace: on shutdown, how long in-flight requests may take to finish.
+        outbound: the upstream executor (default: a fresh pool, closed on return).
+    """
+    if (gateway is None) == (gateway_factory is None):
+        raise TypeError("give exactly one of gateway and gateway_factory")
+    listener = socket.create_server((host, port), backlog=_BACKLOG)
+    bound_host, bound_port = listener.getsockname()[:2]
+    if gateway is None:
+        assert gateway_factory is not None
+        gateway = gateway_factory(bound_host, bound_port)
+    own_outbound = outbound is None
+    outbound = SyncOutbound(max_connections=max(workers, 10)) if outbound is None else outbound
+    server = BlockingServer(
+        gateway=gateway,
+        limits=limits or ServerLimits(),
+        timeouts=timeouts or Timeouts(),
+        outbound=outbound,
+        workers=workers,
+        reload=reload,
+    )
+    try:
+        if on_server is not None:
+            on_server(server)
+        if on_ready is not None:
+            on_ready(bound_host, bound_port)
+        server.run(listener, grace=grace)
+    finally:
+        listener.close()
+        if own_outbound:
+            outbound.close()
+
+
+def run(
+    *,
+    host: str,
+    port: int,
+    gateway: GatewayLike | None = None,
+    gateway_factory: GatewayFactory | None = None,
+    reload: Reload | None = None,
+    limits: ServerLimits | None = None,
+    timeouts: Timeouts | None = None,
+    workers: int = DEFAULT_WORKERS,
+    on_ready: Callable[[str, int], None] | None = None,
+    grace: float = 10.0,
+) -> int:
+    """Run :func:`serve` until SIGINT or SIGTERM, then shut down gracefully (main thread only).
+
+    With a ``reload``, SIGHUP re-reads the config (see :func:`serve`).
+
+    Returns:
+        0 after a graceful shutdown; 1 if a second signal cut it short.
+    """
+    servers: list[BlockingServer] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not servers:
+            raise KeyboardInterrupt
+        if servers[0].is_draining or servers[0]._shutdown.is_set():
+            logger.warning("signal %d again: stopping now", signum)
+            raise _HardStop
+        logger.info("signal %d: shutting down gracefully", signum)
+        servers[0].shutdown()
+
+    def on_sighup(signum: int, frame: object) -> None:
+        if servers:
+            logger.info("SIGHUP: reloading the config")
+            servers[0].request_reload()
+
+    previous = {
+        signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    if reload is not None:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_sighup)
+    try:
+        serve(
+            host=host,
+            port=port,
+            gateway=gateway,
+            gateway_factory=gateway_factory,
+            reload=reload,
+            limits=limits,
+            timeouts=timeouts,
+            workers=workers,
+            on_ready=on_ready,
+            on_server=servers.append,
+            grace=grace,
+        )
+    except _HardStop:
+        return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 0
+
+
+class _HardStop(BaseException):
+    """A second signal during the graceful shutdown."""
