@@ -1,13 +1,13 @@
-"""The ``sapg`` command line: serve, check, routes.
+"""The ``sapg`` command line: serve, check, routes, replay.
 
-Exit codes: 0 success; 1 an invalid config (``check``) or a refusal to start
-(strict mode); 2 a config that cannot be read or parsed at all, or bad usage.
+Exit codes: 0 success; 1 an invalid config (``check``), a refusal to start
+(strict mode) or a trace whose replay diverges (``replay``); 2 a config or
+trace that cannot be read or parsed at all, or bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -25,7 +25,12 @@ from sapg_core import (
     unavailable_features,
 )
 
+from ._common import GatewayLike
 from ._demo import demo_config
+from ._logging import configure_logging
+from ._record import TraceRecorder
+from ._serve import add_server_arguments, run_driver, timeouts_from
+from .replay import cmd_replay
 
 DEFAULT_PORT = 8787
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
@@ -171,14 +176,13 @@ def cmd_routes(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from . import trio_driver
-
-    logging.basicConfig(level=args.log_level.upper(), format="sapg: %(levelname)s %(message)s")
+    configure_logging(args.log_level, args.log_format)
     strict = args.strict or strict_from_env(env)
     loaded = read_config(args.config, env)
-    limits = ServerLimits(max_body_bytes=args.max_body_size)
+    limits = ServerLimits(max_header_bytes=args.max_header_size, max_body_bytes=args.max_body_size)
+    recorder = _open_recorder(args.record)
 
-    def build(raw: object, source: str) -> Gateway:
+    def build(raw: object, source: str) -> GatewayLike:
         result = _compile(raw, source, env)
         for diag in result.errors:
             print(f"sapg: config error: {source}: {diag}", file=sys.stderr)
@@ -186,7 +190,10 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             print(f"sapg: warning: {source}: {diag}", file=sys.stderr)
         if strict and result.errors:
             raise StartRefused(f"{source}: invalid config, refusing to start (strict mode)")
-        return Gateway(result.config, max_body_bytes=args.max_body_size)
+        built = Gateway(result.config, max_body_bytes=args.max_body_size)
+        if recorder is None:
+            return built
+        return recorder.wrap(built, raw_config=raw, env=env)  # a new header line per build
 
     if loaded is not None:
         gateway = build(*loaded)
@@ -194,7 +201,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     else:
         gateway = None
 
-        def factory(host: str, port: int) -> Gateway:
+        def factory(host: str, port: int) -> GatewayLike:
             return build(demo_config(f"http://{_url_host(host)}:{port}"), "built-in demo config")
 
     def on_ready(host: str, port: int) -> None:
@@ -204,15 +211,37 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             flush=True,
         )
 
-    return trio_driver.run(
+    def reload() -> GatewayLike:  # SIGHUP: a config with errors is refused, strict or not
+        if args.config is None:
+            raise LoadError("the config did not come from a file (--config): nothing to re-read")
+        raw, source = read_config(args.config, env) or (None, "")
+        errors = _compile(raw, source, env).errors
+        if errors:
+            raise LoadError(f"{source}: {len(errors)} error(s): " + "; ".join(map(str, errors)))
+        return build(raw, source)
+
+    return run_driver(
+        args.transport,
         gateway=gateway,
         gateway_factory=factory,
+        reload=reload,
         host=args.host,
         port=args.port,
         limits=limits,
+        timeouts=timeouts_from(args),
+        workers=args.workers,
         on_ready=on_ready,
         grace=args.grace,
     )
+
+
+def _open_recorder(path: str | None) -> TraceRecorder | None:
+    if path is None:
+        return None
+    try:
+        return TraceRecorder(path)
+    except OSError as exc:
+        raise LoadError(f"cannot create trace {path}: {exc.strerror or exc}") from None
 
 
 def _url_host(host: str) -> str:
@@ -234,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
-    serve.add_argument("--transport", choices=["trio"], default="trio")
+    add_server_arguments(serve)  # --transport, timeouts, --max-header-size, --workers, ...
     serve.add_argument(
         "--strict",
         action="store_true",
@@ -255,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGINT/SIGTERM, time given to in-flight requests",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--record",
+        metavar="TRACE",
+        help="write every event and action to TRACE (JSON lines, mode 0600; holds credentials)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate a config; exit 1 on errors")
@@ -266,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     routes.add_argument("method", nargs="?")
     routes.add_argument("request_path", nargs="?", metavar="PATH")
     routes.set_defaults(func=cmd_routes)
+
+    replay = sub.add_parser(
+        "replay", help="feed a recorded trace to a fresh gateway; exit 1 if an action differs"
+    )
+    replay.add_argument("trace", metavar="TRACE")
+    replay.set_defaults(func=cmd_replay)
     return parser
 
 
