@@ -64,7 +64,6 @@ from ._events import (
 from ._gateway import (
     POWERED_BY as POWERED_BY,
     Gateway as Gateway,
-    unavailable_features as unavailable_features,
 )
 from ._http import (
     BodyChunk as BodyChunk,

@@ -66,7 +66,7 @@ from ._events import (
     UpstreamResponded,
 )
 from ._flow import JSON_HEADERS, Flow, FlowContext, Request, Shared, Step, normalise_method
-from ._model import Diagnostic, GatewayConfig, Severity
+from ._model import GatewayConfig
 from ._proxy import proxy_flow
 from ._routing import RouteTable
 from ._services import run_pre_process, service_binding_flow, service_flow
@@ -77,7 +77,7 @@ from ._supabase import (
 )
 from ._url import BadTarget, split_target
 
-__all__ = ["INTEGRATIONS", "POWERED_BY", "Gateway", "unavailable_features"]
+__all__ = ["INTEGRATIONS", "POWERED_BY", "Gateway"]
 
 #: The value of ``X-Powered-By`` on every answer that passes the pipeline.
 POWERED_BY: Final = "sapg"
@@ -96,10 +96,6 @@ INTEGRATIONS: Final[dict[str, Callable[[FlowContext], Flow]]] = {
     "auth0_userinfo": userinfo_flow,
     "auth0_refresh": refresh_flow,
 }
-
-#: Integration types of the original schema that this version does not carry
-#: out yet. They answer 501 rather than pretend (see docs/differences.md).
-UNIMPLEMENTED_INTEGRATIONS: Final[frozenset[str]] = frozenset()
 
 # Which events may answer which pending action.
 _ANSWERS: Final[dict[type[Action], tuple[type[Event], ...]]] = {
@@ -339,14 +335,11 @@ class Gateway:
             raise ConfigDefect(f"route {route.method} {route.path}: {route.defect}")
         claims = None
         if route.auth:
-            if self._authenticator is None:
-                name = type(self.config.authorizer).__name__.removesuffix("Authorizer").lower()
-                raise _not_implemented(f"The '{name}' authorizer")
+            # Compilation marks auth routes without a usable authorizer as defects.
+            assert self._authenticator is not None
             claims = yield from self._authenticator.authenticate(request)
         integration = route.integration
         kind = integration.type if integration is not None else None
-        if kind in UNIMPLEMENTED_INTEGRATIONS and kind not in INTEGRATIONS:
-            raise _not_implemented(f"Integration type '{kind}'")
         run = INTEGRATIONS.get(kind or "")
         if run is None and route.pre_process is None:
             return self._respond(request, 200, route.static_body or b"")
@@ -372,33 +365,3 @@ class Gateway:
         if run is None:
             return self._respond(request, 200, route.static_body or b"")
         return (yield from run(ctx))
-
-
-def _not_implemented(what: str) -> GatewayError:
-    return GatewayError(
-        f"{what} is not available in this version", status=501, code="NOT_IMPLEMENTED"
-    )
-
-
-def unavailable_features(config: GatewayConfig) -> list[Diagnostic]:
-    """Warnings for routes that will answer 501 because this version lacks what they use."""
-    found: list[Diagnostic] = []
-    authorizer_missing = build_authenticator(config.authorizer) is None
-    for route in config.routes:
-        integration = route.integration
-        if route.auth and authorizer_missing and route.defect is None:
-            found.append(_unavailable(f"/paths/{route.index}/auth", "this authorizer type"))
-        if integration is None:
-            continue
-        if integration.type in UNIMPLEMENTED_INTEGRATIONS and integration.type not in INTEGRATIONS:
-            pointer = f"/paths/{route.index}/integration/type"
-            found.append(_unavailable(pointer, f"integration type '{integration.type}'"))
-    return found
-
-
-def _unavailable(pointer: str, what: str) -> Diagnostic:
-    return Diagnostic(
-        severity=Severity.WARNING,
-        pointer=pointer,
-        message=f"{what} is not available in this version: the route answers 501",
-    )

@@ -22,7 +22,6 @@ from sapg_core import (
     explain_rank,
     parse_config_text,
     split_target,
-    unavailable_features,
 )
 
 from ._common import GatewayLike
@@ -81,8 +80,7 @@ def _compile(raw: object, source: str, env: Mapping[str, str]) -> CompileResult:
         result = compile_config(raw, env=env)
     except ConfigError as exc:
         raise LoadError(f"{source}: {exc}") from None
-    extra = tuple(unavailable_features(result.config))
-    return CompileResult(config=result.config, diagnostics=result.diagnostics + extra)
+    return result
 
 
 def _print_diagnostics(result: CompileResult, *, stream: object = None) -> None:

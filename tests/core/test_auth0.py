@@ -29,7 +29,6 @@ from sapg_core import (
     RequestReceived,
     Respond,
     SendHTTP,
-    unavailable_features,
 )
 
 from .auth0_keys import b64url, ec_key, jwks_text, rsa_key
@@ -658,7 +657,6 @@ def test_post_process_runs_after_the_token_exchange_with_the_id_token_claims() -
     assert json.loads(call.context.claims or "null")["sub"] == "user-1"
     done = gw.handle(ServiceReturned(request_id=rid, kind=ServiceResultKind.NONE, now=NOW + 0.3))
     assert json.loads(answer(done).body) == tokens  # the hook's value is ignored
-    assert unavailable_features(gw.config) == []
     rid, actions = start(gw, "GET", "/cb?code=c")
     gw.handle(auth0_says(rid, 200, tokens))
     failed = ActionFailed(request_id=rid, reason=FailureReason.SERVICE_ERROR, now=NOW + 0.3)
