@@ -68,7 +68,7 @@ from ._events import (
 from ._flow import JSON_HEADERS, Flow, FlowContext, Request, Shared, Step, normalise_method
 from ._model import GatewayConfig
 from ._proxy import proxy_flow
-from ._routing import RouteTable
+from ._routing import RouteMatch, RouteTable
 from ._services import run_pre_process, service_binding_flow, service_flow
 from ._supabase import (
     passwordless_auth_alt_flow,
@@ -165,6 +165,14 @@ class Gateway:
         self._shared: dict[str, list[_Parked]] = {}
         self._route_labels: dict[int, str] = {}  # request id -> matched route, until final
         self._labels = tuple(f"{route.method} {route.path}" for route in config.routes)
+        # Routes answered with their static body and nothing else: no flow needed.
+        self._plain_static = tuple(
+            route.defect is None
+            and not route.auth
+            and route.pre_process is None
+            and (route.integration is None or route.integration.type not in INTEGRATIONS)
+            for route in config.routes
+        )
         # CORS + X-Powered-By for each Origin value seen (bounded): one "set" pass per answer.
         self._decorations: dict[str | None, Headers] = {}
 
@@ -204,6 +212,12 @@ class Gateway:
     # -- driving flows -------------------------------------------------------
 
     def _start(self, event: RequestReceived) -> list[Action]:
+        """Route the request; answer at once when no flow is needed, else start one.
+
+        CORS preflight, 404 and plain static routes (no auth, hook, integration
+        or defect) are answered here directly: the common case needs no
+        generator. Everything else runs :meth:`_pipeline` as a flow.
+        """
         try:
             path, query = split_target(event.target)
         except BadTarget:
@@ -213,7 +227,26 @@ class Gateway:
         request = Request(
             event=event, path=path, query=query, method=normalise_method(event.method)
         )
-        return self._run(request, self._pipeline(request), None)
+        if (
+            self._cors is not None
+            and request.method == "OPTIONS"
+            and not self.routes.has_route_for_method("OPTIONS", path)
+        ):
+            return [self._respond(request, 204, b"", json=False)]  # default preflight
+        match = self.routes.match(request.method, path)
+        if match is None:
+            return [self._error_response(request, NoRouteMatched())]
+        if self._plain_static[match.index]:
+            route = self.config.routes[match.index]
+            headers = self._decorate(request, JSON_HEADERS)
+            body = route.static_body or b""
+            label = self._labels[match.index]
+            return [
+                Respond(
+                    request_id=event.request_id, status=200, headers=headers, body=body, route=label
+                )
+            ]
+        return self._run(request, self._pipeline(request, match), None)
 
     def _run(self, request: Request, flow: Flow, outcome: Event | None) -> list[Action]:
         """Advance ``flow`` by one step; the single place errors become answers."""
@@ -287,7 +320,9 @@ class Gateway:
         return [action]
 
     def _is_parked(self, request_id: int) -> bool:
-        return any(w.request.id == request_id for ws in self._shared.values() for w in ws)
+        return bool(self._shared) and any(
+            w.request.id == request_id for ws in self._shared.values() for w in ws
+        )
 
     # -- answers -------------------------------------------------------------
 
@@ -319,16 +354,7 @@ class Gateway:
 
     # -- the pipeline --------------------------------------------------------
 
-    def _pipeline(self, request: Request) -> Flow:
-        if (
-            self._cors is not None
-            and request.method == "OPTIONS"
-            and not self.routes.has_route_for_method("OPTIONS", request.path)
-        ):
-            return self._respond(request, 204, b"", json=False)  # default preflight
-        match = self.routes.match(request.method, request.path)
-        if match is None:
-            raise NoRouteMatched()
+    def _pipeline(self, request: Request, match: RouteMatch) -> Flow:
         route = self.config.routes[match.index]
         self._route_labels[request.id] = self._labels[match.index]
         if route.defect is not None:

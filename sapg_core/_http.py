@@ -139,15 +139,16 @@ _FAILURES: Final[dict[int, GatewayError]] = {
 }
 
 _UNLIMITED: Final = sys.maxsize
-_FRAMING: Final = (b"content-length", b"transfer-encoding")
 _RESPONSE_DONE: Final = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
 
 
+_REASONS: Final[dict[int, bytes]] = {
+    status.value: status.phrase.encode("ascii") for status in http.HTTPStatus
+}
+
+
 def _reason(status: int) -> bytes:
-    try:
-        return http.HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
+    return _REASONS.get(status, b"")
 
 
 def _render_failure(status: int) -> bytes:
@@ -173,14 +174,6 @@ _FAILURE_BYTES: Final = {status: _render_failure(status) for status in _FAILURES
 
 def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
-
-
-def _has_token(headers: list[tuple[bytes, bytes]], name: bytes, token: bytes) -> bool:
-    return any(
-        token in (part.strip().lower() for part in value.split(b","))
-        for key, value in headers
-        if key == name
-    )
 
 
 class ServerConnection:
@@ -260,17 +253,25 @@ class ServerConnection:
         raise AssertionError(f"unexpected h11 event {event!r}")  # pragma: no cover
 
     def _on_request(self, request: h11.Request) -> HTTPEvent:
-        headers = list(request.headers)
+        # One pass over the (already validated, lower-cased) headers: framing,
+        # "Connection: close", the head's size, and the str form for the core.
         content_length: int | None = 0
-        if any(name == b"transfer-encoding" for name, _ in headers):
-            content_length = None
-        else:
-            for name, value in headers:
-                if name == b"content-length":
-                    content_length = int(value)  # h11 has validated it
-        # h11 bounds only an *incomplete* head; one that arrives whole is measured here.
+        chunked = False
+        close = False
         head_size = len(request.method) + len(request.target) + 12
-        head_size += sum(len(name) + len(value) + 4 for name, value in headers)
+        decoded = []
+        for name, value in request.headers:
+            head_size += len(name) + len(value) + 4
+            if name == b"content-length":
+                content_length = int(value)  # h11 has validated it
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection":
+                close = close or b"close" in (part.strip() for part in value.lower().split(b","))
+            decoded.append((name.decode("latin-1"), value.decode("latin-1")))
+        if chunked:
+            content_length = None
+        # h11 bounds only an *incomplete* head; one that arrives whole is measured here.
         if self.limits.max_header_bytes and head_size > self.limits.max_header_bytes:
             return self._fail(431, f"request head of {head_size} bytes is over the limit")
         limit = self.limits.max_body_bytes
@@ -279,15 +280,12 @@ class ServerConnection:
         self._method = bytes(request.method)
         self._body_bytes = 0
         http_version = request.http_version.decode("ascii")
-        keep_alive = http_version == "1.1" and not _has_token(headers, b"connection", b"close")
         return RequestHead(
             method=self._method.decode("latin-1"),
             target=bytes(request.target).decode("latin-1"),
-            headers=tuple(
-                (name.decode("latin-1"), value.decode("latin-1")) for name, value in headers
-            ),
+            headers=tuple(decoded),
             http_version=http_version,
-            keep_alive=keep_alive,
+            keep_alive=http_version == "1.1" and not close,
             content_length=content_length,
         )
 
@@ -351,21 +349,30 @@ class ServerConnection:
     def _head_bytes(
         self, status: int, headers: Headers, *, date: str | None, length: int | None
     ) -> bytes:
-        raw = _encode(headers)
         self._body_allowed = status not in (204, 304) and self._method != b"HEAD"
-        has_length = any(name == b"content-length" for name, _ in raw)
-        if status == 204:
-            raw = [(name, value) for name, value in raw if name not in _FRAMING]
-        elif self._body_allowed and length is not None:
-            raw = [(name, value) for name, value in raw if name not in _FRAMING]
+        # We frame the body: a caller's Transfer-Encoding always goes; its
+        # Content-Length goes too when we know the length (or for a 204), and
+        # is kept otherwise (HEAD and 304 describe the body a GET would get).
+        ours = status == 204 or (self._body_allowed and length is not None)
+        raw: list[tuple[bytes, bytes]] = []
+        has_length = has_date = has_close = False
+        for name, value in headers:
+            key = name.lower().encode("latin-1")
+            if key == b"transfer-encoding" or (ours and key == b"content-length"):
+                continue
+            data = value.encode("latin-1")
+            if key == b"content-length":
+                has_length = True
+            elif key == b"date":
+                has_date = True
+            elif key == b"connection":
+                has_close = has_close or b"close" in (p.strip() for p in data.lower().split(b","))
+            raw.append((key, data))
+        if length is not None and status not in (204, 304) and (ours or not has_length):
             raw.append((b"content-length", str(length).encode("ascii")))
-        else:
-            raw = [(name, value) for name, value in raw if name != b"transfer-encoding"]
-            if length is not None and status != 304 and not has_length:
-                raw.append((b"content-length", str(length).encode("ascii")))
-        if date is not None and not any(name == b"date" for name, _ in raw):
+        if date is not None and not has_date:
             raw.append((b"date", date.encode("latin-1")))
-        if self._must_close and not _has_token(raw, b"connection", b"close"):
+        if self._must_close and not has_close:
             raw.append((b"connection", b"close"))
         response = h11.Response(status_code=status, headers=raw, reason=_reason(status))
         return self._h11.send(response)
