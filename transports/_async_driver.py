@@ -15,6 +15,7 @@ same source runs on trio and on asyncio (as httpcore keeps one ``_async`` source
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -28,6 +29,7 @@ from sapg_core import (
     BodyChunk,
     BodyEnd,
     BodyReceived,
+    CallService,
     Event,
     FailureReason,
     ForwardUpstream,
@@ -49,8 +51,10 @@ from ._common import (
     ExchangeBase,
     Exchanges,
     GatewayLike,
+    Loaded,
     Reload,
     Timeouts,
+    as_loaded,
     http_date,
     request_received,
     try_reload,
@@ -58,8 +62,9 @@ from ._common import (
 )
 from ._logging import log_access
 from ._outbound import Outbound, OutboundError, UpstreamBody
+from ._services import ServiceRegistry, call_service
 
-__all__ = ["AsyncDriver", "AsyncExchange", "ClientGone", "Connection"]
+__all__ = ["AsyncDriver", "AsyncExchange", "ClientGone", "Connection", "given_body"]
 
 logger = logging.getLogger("sapg")
 
@@ -70,6 +75,13 @@ PARKED_LIMIT: Final = 120.0
 
 class ClientGone(Exception):
     """Writing to the client failed or stalled."""
+
+
+async def given_body(data: bytes) -> AsyncGenerator[bytes, None]:
+    """A body the core already holds (``ForwardUpstream.body``), as the outbound executor
+    takes a body."""
+    if data:
+        yield data
 
 
 class Connection:
@@ -84,8 +96,8 @@ class Connection:
 class AsyncExchange(ExchangeBase):
     """One request in flight on an async driver."""
 
-    def __init__(self, gateway: GatewayLike, head: RequestHead) -> None:
-        super().__init__(gateway, head.method, head.target, head.content_length)
+    def __init__(self, serving: Loaded, head: RequestHead) -> None:
+        super().__init__(serving, head.method, head.target, head.content_length)
         self.upstream: UpstreamBody | None = None
         self._woken: anyio.Event | None = None
 
@@ -112,18 +124,15 @@ class AsyncDriver(Generic[ConnT]):
     def __init__(
         self,
         *,
-        gateway: GatewayLike,
+        gateway: GatewayLike | Loaded,
         limits: ServerLimits,
         timeouts: Timeouts,
         outbound: Outbound,
         reload: Reload | None = None,
+        services: ServiceRegistry | None = None,
     ) -> None:
-        self.gateway, self.limits, self.timeouts, self.outbound = (
-            gateway,
-            limits,
-            timeouts,
-            outbound,
-        )
+        self.serving = as_loaded(gateway, services)
+        self.limits, self.timeouts, self.outbound = limits, timeouts, outbound
         self.reload = reload
         self.is_draining = False
         self._connections: set[ConnT] = set()
@@ -135,8 +144,18 @@ class AsyncDriver(Generic[ConnT]):
             ReadBody: self._read_body,
             SendHTTP: self._send_http,
             Log: self._log,
-            # CallService: self._call_service,  (services: carried out here)
+            CallService: self._call_service,
         }
+
+    @property
+    def gateway(self) -> GatewayLike:
+        """The gateway new requests start on."""
+        return self.serving.gateway
+
+    @property
+    def services(self) -> ServiceRegistry:
+        """The services new requests call."""
+        return self.serving.services
 
     # -- what a backend implements -----------------------------------------------------
 
@@ -160,7 +179,8 @@ class AsyncDriver(Generic[ConnT]):
         gateway = await anyio.to_thread.run_sync(try_reload, self.reload)
         if gateway is None:
             return False
-        self.gateway = gateway  # one assignment: each new request sees old or new, whole
+        # One assignment: each new request sees the old pair or the new, whole.
+        self.serving = as_loaded(gateway, self.serving.services)
         return True
 
     # -- one connection, one request at a time ---------------------------------------------
@@ -180,7 +200,7 @@ class AsyncDriver(Generic[ConnT]):
                 break
 
     async def _handle_request(self, conn: ConnT, head: RequestHead) -> None:
-        exchange = AsyncExchange(self.gateway, head)
+        exchange = AsyncExchange(self.serving, head)
         self._exchanges.add(exchange)
         event = request_received(
             head,
@@ -233,11 +253,13 @@ class AsyncDriver(Generic[ConnT]):
         self, conn: ConnT, exchange: AsyncExchange, action: ForwardUpstream
     ) -> Event:
         exchange.upstream_origin = upstream_origin(action.url)
-        body = self._client_body(conn, exchange, action.body_limit)
+        if action.body is None:
+            body = self._client_body(conn, exchange, action.body_limit)
+            content_length = exchange.content_length
+        else:  # already read (for a hook): exactly these bytes, nothing more from the client
+            body, content_length = given_body(action.body), len(action.body)
         try:
-            result = await self.outbound.forward(
-                action, body, content_length=exchange.content_length
-            )
+            result = await self.outbound.forward(action, body, content_length=content_length)
         finally:
             await body.aclose()
         if exchange.is_finished:  # the client went away while we streamed its body
@@ -291,6 +313,11 @@ class AsyncDriver(Generic[ConnT]):
 
     async def _log(self, conn: ConnT, exchange: AsyncExchange, action: Log) -> None:
         logger.log(int(action.level), "request %s: %s", action.request_id, action.message)
+
+    async def _call_service(
+        self, conn: ConnT, exchange: AsyncExchange, action: CallService
+    ) -> Event:
+        return await call_service(action, exchange.services, env=os.environ)
 
     # -- the request body ------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ from sapg_core import (
     dumps,
 )
 
+from ._services import ServiceRegistry
+
 __all__ = [
     "SERVER_BUSY_RESPONSE",
     "ClientBodyError",
@@ -33,8 +35,10 @@ __all__ = [
     "Exchanges",
     "GatewayFactory",
     "GatewayLike",
+    "Loaded",
     "Reload",
     "Timeouts",
+    "as_loaded",
     "header_value",
     "http_date",
     "next_request_id",
@@ -55,11 +59,32 @@ class GatewayLike(Protocol):
     def handle(self, event: Event) -> list[Action]: ...
 
 
-#: Builds the gateway once the listener is bound (it may need the real port).
-GatewayFactory = Callable[[str, int], GatewayLike]
+@attrs.frozen
+class Loaded:
+    """A gateway and the services its config names, built together (start-up, reload).
 
-#: Builds a gateway from the config as it is now (on SIGHUP); raises to refuse it.
-Reload = Callable[[], GatewayLike]
+    A driver swaps both at once, and each request keeps the pair it started with.
+    """
+
+    gateway: GatewayLike
+    services: ServiceRegistry
+
+
+#: Builds the gateway once the listener is bound (it may need the real port); a
+#: :class:`Loaded` brings its services too.
+GatewayFactory = Callable[[str, int], GatewayLike | Loaded]
+
+#: Builds a gateway from the config as it is now (on SIGHUP); raises to refuse it. A
+#: :class:`Loaded` replaces the services too; a bare gateway keeps the current ones.
+Reload = Callable[[], GatewayLike | Loaded]
+
+
+def as_loaded(built: GatewayLike | Loaded, services: ServiceRegistry | None) -> Loaded:
+    """``built`` (from a factory or a reload) as a :class:`Loaded`; a bare gateway gets
+    ``services`` (none given: an empty registry, so calls fail as "not provided")."""
+    if isinstance(built, Loaded):
+        return built
+    return Loaded(built, services if services is not None else ServiceRegistry())
 
 
 @attrs.frozen(kw_only=True)
@@ -171,16 +196,21 @@ SERVER_BUSY_RESPONSE: Final = _render_busy()
 class ExchangeBase:
     """One request in flight: what every driver tracks, whatever its I/O.
 
-    ``gateway`` is the gateway the request started on: a reload swaps the
-    driver's gateway for new requests, while this one finishes on the old.
+    ``gateway`` and ``services`` are those the request started on: a reload swaps the
+    driver's for new requests, while this one finishes on the old.
     ``inbox`` holds the core's actions for this request, in order.
     """
 
     def __init__(
-        self, gateway: GatewayLike, method: str, target: str, content_length: int | None
+        self,
+        serving: Loaded,
+        method: str,
+        target: str,
+        content_length: int | None,
     ) -> None:
         self.request_id = next_request_id()
-        self.gateway = gateway
+        self.gateway = serving.gateway
+        self.services = serving.services
         self.method = method
         self.target = target
         self.content_length = content_length  # declared; None: chunked
@@ -231,7 +261,7 @@ class Exchanges:
             target.wake()
 
 
-def try_reload(reload: Reload) -> GatewayLike | None:
+def try_reload(reload: Reload) -> GatewayLike | Loaded | None:
     """Build the new gateway; on any failure log why and return None (keep the old one)."""
     try:
         gateway = reload()

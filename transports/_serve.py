@@ -10,6 +10,7 @@ from sapg_core import ServerLimits
 
 from ._common import GatewayFactory, GatewayLike, Reload, Timeouts
 from ._logging import LOG_FORMATS
+from ._services import ServiceRegistry
 from .h11_blocking import DEFAULT_WORKERS
 
 __all__ = ["TRANSPORTS", "add_server_arguments", "run_driver", "timeouts_from"]
@@ -93,6 +94,7 @@ def run_driver(
     workers: int,
     on_ready: Callable[[str, int], None],
     grace: float,
+    services: ServiceRegistry | None = None,
 ) -> int:
     """Run the chosen driver until SIGINT/SIGTERM; its exit code."""
     if transport == "h11":
@@ -109,6 +111,7 @@ def run_driver(
             workers=workers,
             on_ready=on_ready,
             grace=grace,
+            services=services,
         )
     if transport == "asyncio":
         from . import asyncio_driver as driver
@@ -126,4 +129,5 @@ def run_driver(
         timeouts=timeouts,
         on_ready=on_ready,
         grace=grace,
+        services=services,
     )

@@ -16,16 +16,19 @@ No policy lives here.
 
 Configuration comes from :func:`create_app`'s arguments or the environment:
 ``SAPG_CONFIG`` (a config file; else ``SAG_API_CONFIG_JSON``, as ``sapg
-serve``), ``SAPG_MAX_BODY_SIZE``, ``SAG_STRICT_CONFIG``, ``SAPG_LOG_LEVEL`` and
-``SAPG_LOG_FORMAT``. Each worker process builds its own gateway.
+serve``), ``SAPG_MAX_BODY_SIZE``, ``SAPG_BINDINGS`` (``NAME=pkg.mod:obj``
+entries separated by commas, as ``sapg serve --binding``),
+``SAPG_SERVICE_TIMEOUT``, ``SAG_STRICT_CONFIG``, ``SAPG_LOG_LEVEL`` and
+``SAPG_LOG_FORMAT``. Each worker process builds its own gateway and loads its
+own services.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
-import sys
 import time
 import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, MutableMapping
@@ -37,6 +40,7 @@ from sapg_core import (
     Action,
     ActionFailed,
     BodyReceived,
+    CallService,
     Event,
     FailureReason,
     ForwardUpstream,
@@ -51,10 +55,18 @@ from sapg_core import (
     SendHTTP,
 )
 
-from ._async_driver import AsyncExchange
-from ._common import ClientBodyError, Exchanges, GatewayLike, request_received, upstream_origin
+from ._async_driver import AsyncExchange, given_body
+from ._common import (
+    ClientBodyError,
+    Exchanges,
+    GatewayLike,
+    Loaded,
+    request_received,
+    upstream_origin,
+)
 from ._logging import configure_logging, log_access
 from ._outbound import Outbound, OutboundError
+from ._services import ServiceRegistry, call_service, parse_binding
 
 __all__ = ["GatewayApp", "create_app"]
 
@@ -145,10 +157,18 @@ class GatewayApp:
         gateway: the core to drive.
         outbound: the upstream executor (default: opened at lifespan startup,
             or on first use, and closed at lifespan shutdown).
+        services: what ``CallService`` actions call (see :func:`transports.load_services`;
+            default: none, so those routes answer 500). :meth:`aclose` closes it.
     """
 
-    def __init__(self, gateway: GatewayLike, *, outbound: Outbound | None = None) -> None:
-        self.gateway = gateway
+    def __init__(
+        self,
+        gateway: GatewayLike,
+        *,
+        outbound: Outbound | None = None,
+        services: ServiceRegistry | None = None,
+    ) -> None:
+        self.serving = Loaded(gateway, services if services is not None else ServiceRegistry())
         self.outbound = outbound
         self._exchanges = Exchanges()
         self._executors: dict[type[Action], Callable[..., Awaitable[Event | None]]] = {
@@ -158,8 +178,12 @@ class GatewayApp:
             ReadBody: self._read_body,
             SendHTTP: self._send_http,
             Log: self._log,
-            # CallService: self._call_service,  (services: carried out here)
+            CallService: self._call_service,
         }
+
+    @property
+    def gateway(self) -> GatewayLike:
+        return self.serving.gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -186,6 +210,7 @@ class GatewayApp:
         if self.outbound is not None:
             await self.outbound.aclose()
             self.outbound = None
+        self.serving.services.close()
 
     def _outbound(self) -> Outbound:
         if self.outbound is None:
@@ -196,7 +221,7 @@ class GatewayApp:
 
     async def _handle_request(self, request: _Request) -> None:
         head = _request_head(request.scope)
-        exchange = AsyncExchange(self.gateway, head)
+        exchange = AsyncExchange(self.serving, head)
         self._exchanges.add(exchange)
         event = request_received(
             head,
@@ -254,11 +279,13 @@ class GatewayApp:
         self, request: _Request, exchange: AsyncExchange, action: ForwardUpstream
     ) -> Event:
         exchange.upstream_origin = upstream_origin(action.url)
-        body = self._client_body(request, exchange, action.body_limit)
+        if action.body is None:
+            body = self._client_body(request, exchange, action.body_limit)
+            content_length = exchange.content_length
+        else:  # already read (for a hook): exactly these bytes, nothing more from the client
+            body, content_length = given_body(action.body), len(action.body)
         try:
-            result = await self._outbound().forward(
-                action, body, content_length=exchange.content_length
-            )
+            result = await self._outbound().forward(action, body, content_length=content_length)
         finally:
             await body.aclose()
         if exchange.is_finished:  # the client went away while we streamed its body
@@ -335,6 +362,11 @@ class GatewayApp:
     async def _log(self, request: _Request, exchange: AsyncExchange, action: Log) -> None:
         logger.log(int(action.level), "request %s: %s", action.request_id, action.message)
 
+    async def _call_service(
+        self, request: _Request, exchange: AsyncExchange, action: CallService
+    ) -> Event:
+        return await call_service(action, exchange.services, env=os.environ)
+
     # -- the request body ------------------------------------------------------------------
 
     async def _client_body(
@@ -371,13 +403,24 @@ def create_app(
     """Build the ASGI application from a config file (``config``, else ``$SAPG_CONFIG``).
 
     Without either, the inline JSON in ``SAG_API_CONFIG_JSON`` is used, as by
-    ``sapg serve``. Config errors are printed; with ``SAG_STRICT_CONFIG=true``
-    they stop the start-up (the server reports the exception).
+    ``sapg serve``. Config errors, and services that cannot be called, are
+    printed; with ``SAG_STRICT_CONFIG=true`` they stop the start-up (the server
+    reports the exception). Services and bindings (``SAPG_BINDINGS``) are loaded
+    as ``sapg serve`` loads them.
 
     Raises:
-        RuntimeError: no config given, or it cannot be loaded.
+        RuntimeError: no config given, it cannot be loaded, or ``SAPG_BINDINGS`` or
+            ``SAPG_SERVICE_TIMEOUT`` is malformed.
     """
-    from .cli import LoadError, StartRefused, _compile, read_config, strict_from_env
+    from .cli import (
+        DEFAULT_SERVICE_TIMEOUT,
+        LoadError,
+        _compile,
+        load_config_services,
+        read_config,
+        report_start_up,
+        strict_from_env,
+    )
 
     environ = dict(os.environ if env is None else env)
     configure_logging(environ.get("SAPG_LOG_LEVEL", "info"), environ.get("SAPG_LOG_FORMAT", "text"))
@@ -386,17 +429,47 @@ def create_app(
     if limit is None:
         limit = int(environ.get("SAPG_MAX_BODY_SIZE", str(10 * 1024 * 1024)))
     try:
+        service_timeout = _service_timeout(environ, DEFAULT_SERVICE_TIMEOUT)
+        specs = _binding_specs(environ.get("SAPG_BINDINGS", ""))
         loaded = read_config(path, environ)
         if loaded is None:
             raise LoadError("no config: set SAPG_CONFIG (a file) or SAG_API_CONFIG_JSON")
         raw, source = loaded
         result = _compile(raw, source, environ)
-        for diag in result.errors:
-            print(f"sapg: config error: {source}: {diag}", file=sys.stderr)
-        for diag in result.warnings:
-            print(f"sapg: warning: {source}: {diag}", file=sys.stderr)
-        if result.errors and strict_from_env(environ):
-            raise StartRefused(f"{source}: invalid config, refusing to start (strict mode)")
+        registry, found = load_config_services(result.config, path, specs)
+        report_start_up(source, result, found, strict=strict_from_env(environ))
     except LoadError as exc:
         raise RuntimeError(f"sapg: {exc}") from None
-    return GatewayApp(Gateway(result.config, max_body_bytes=limit))
+    gateway = Gateway(
+        result.config, max_body_bytes=limit, env=environ, service_timeout=service_timeout
+    )
+    return GatewayApp(gateway, services=registry)
+
+
+def _binding_specs(text: str) -> list[str]:
+    """``SAPG_BINDINGS``: ``NAME=pkg.mod:obj`` entries separated by commas."""
+    from .cli import LoadError
+
+    specs = [spec.strip() for spec in text.split(",") if spec.strip()]
+    for spec in specs:
+        try:
+            parse_binding(spec)
+        except ValueError as exc:
+            raise LoadError(f"SAPG_BINDINGS: {exc}") from None
+    return specs
+
+
+def _service_timeout(environ: Mapping[str, str], default: float) -> float:
+    """``SAPG_SERVICE_TIMEOUT``: seconds, more than 0."""
+    from .cli import LoadError
+
+    text = environ.get("SAPG_SERVICE_TIMEOUT", "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise LoadError(f"SAPG_SERVICE_TIMEOUT must be seconds (more than 0), not {text!r}")
+    return value

@@ -20,8 +20,9 @@ from typing import Any
 from sapg_core import ConnectionClosed, HTTPEvent, NeedData, ServerLimits
 
 from ._async_driver import AsyncDriver, ClientGone, Connection
-from ._common import GatewayFactory, GatewayLike, Reload, Timeouts
+from ._common import GatewayFactory, GatewayLike, Loaded, Reload, Timeouts
 from ._outbound import Outbound
+from ._services import ServiceRegistry
 
 __all__ = ["AsyncioServer", "run", "serve"]
 
@@ -51,14 +52,20 @@ class AsyncioServer(AsyncDriver[_Connection]):
     def __init__(
         self,
         *,
-        gateway: GatewayLike,
+        gateway: GatewayLike | Loaded,
         limits: ServerLimits,
         timeouts: Timeouts,
         outbound: Outbound,
         reload: Reload | None = None,
+        services: ServiceRegistry | None = None,
     ) -> None:
         super().__init__(
-            gateway=gateway, limits=limits, timeouts=timeouts, outbound=outbound, reload=reload
+            gateway=gateway,
+            limits=limits,
+            timeouts=timeouts,
+            outbound=outbound,
+            reload=reload,
+            services=services,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -201,12 +208,15 @@ async def serve(
     shutdown: asyncio.Event | None = None,
     grace: float = 10.0,
     outbound: Outbound | None = None,
+    services: ServiceRegistry | None = None,
 ) -> None:
     """Serve until ``shutdown`` is set, then shut down gracefully and return.
 
     Args:
         gateway: the core to drive; or ``gateway_factory(host, port)`` builds it
             once the listener is bound (give exactly one of them).
+        services: what ``CallService`` actions call (see :func:`transports.load_services`);
+            a factory or a reload may bring its own (:class:`transports._common.Loaded`).
         reload: on SIGHUP, builds the gateway for new requests (see
             :meth:`AsyncioServer.reload_config`); needs the main thread.
         limits, timeouts: the server's; defaults as in their classes.
@@ -229,15 +239,19 @@ async def serve(
     outbound = Outbound() if outbound is None else outbound
     try:
         bound_host, bound_port = listener.sockets[0].getsockname()[:2]
+        built: GatewayLike | Loaded
         if gateway is None:
             assert gateway_factory is not None
-            gateway = gateway_factory(bound_host, bound_port)
+            built = gateway_factory(bound_host, bound_port)
+        else:
+            built = gateway
         server = AsyncioServer(
-            gateway=gateway,
+            gateway=built,
             limits=limits or ServerLimits(),
             timeouts=timeouts or Timeouts(),
             outbound=outbound,
             reload=reload,
+            services=services,
         )
         await listener.start_serving()
         if on_ready is not None:
@@ -260,6 +274,7 @@ def run(
     timeouts: Timeouts | None = None,
     on_ready: Callable[[str, int], None] | None = None,
     grace: float = 10.0,
+    services: ServiceRegistry | None = None,
 ) -> int:
     """Run :func:`serve` until SIGINT or SIGTERM, then shut down gracefully.
 
@@ -297,6 +312,7 @@ def run(
                 on_ready=on_ready,
                 shutdown=shutdown,
                 grace=grace,
+                services=services,
             )
         except asyncio.CancelledError:
             return False

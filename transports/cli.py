@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from sapg_core import (
     CompileResult,
     ConfigError,
+    Diagnostic,
     Gateway,
+    GatewayConfig,
     RouteMatch,
     ServerLimits,
     compile_config,
@@ -24,15 +26,17 @@ from sapg_core import (
     split_target,
 )
 
-from ._common import GatewayLike
+from ._common import Loaded
 from ._demo import demo_config
 from ._logging import configure_logging
 from ._record import TraceRecorder
-from ._serve import add_server_arguments, run_driver, timeouts_from
+from ._serve import _positive, add_server_arguments, run_driver, timeouts_from
+from ._services import ServiceRegistry, check_services, load_services, parse_binding
 from .replay import cmd_replay
 
 DEFAULT_PORT = 8787
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
+DEFAULT_SERVICE_TIMEOUT = 30.0
 
 
 class LoadError(Exception):
@@ -83,6 +87,40 @@ def _compile(raw: object, source: str, env: Mapping[str, str]) -> CompileResult:
     return result
 
 
+def load_config_services(
+    config: GatewayConfig, config_path: str | None, binding_specs: Sequence[str]
+) -> tuple[ServiceRegistry, list[Diagnostic]]:
+    """The services and bindings ``config`` names, loaded as ``sapg serve`` loads them (file
+    paths relative to the config, import paths also from the working directory), and the
+    warnings for those that cannot be called."""
+    registry = load_services(
+        config,
+        config_path=config_path,
+        binding_specs=binding_specs,
+        search_path=[os.getcwd()],
+    )
+    return registry, check_services(config, registry)
+
+
+def report_start_up(
+    source: str, result: CompileResult, services: Sequence[Diagnostic], *, strict: bool
+) -> None:
+    """Print the config's errors and warnings and the services' warnings to stderr, as a
+    server starts (or reloads).
+
+    Raises:
+        StartRefused: strict mode, and a config error or a service warning.
+    """
+    for diag in result.errors:
+        print(f"sapg: config error: {source}: {diag}", file=sys.stderr)
+    for diag in (*result.warnings, *services):
+        print(f"sapg: warning: {source}: {diag}", file=sys.stderr)
+    if strict and result.errors:
+        raise StartRefused(f"{source}: invalid config, refusing to start (strict mode)")
+    if strict and services:
+        raise StartRefused(f"{source}: services that cannot be called (strict mode)")
+
+
 def _print_diagnostics(result: CompileResult, *, stream: object = None) -> None:
     out = stream if stream is not None else sys.stdout
     for diag in result.errors:
@@ -99,6 +137,9 @@ def cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     assert loaded is not None
     raw, source = loaded
     result = _compile(raw, source, env)
+    registry, found = load_config_services(result.config, args.path, args.binding)
+    registry.close()
+    result = CompileResult(config=result.config, diagnostics=(*result.diagnostics, *found))
     _print_diagnostics(result)
     if result.errors:
         print(f"{source}: {len(result.errors)} error(s)", file=sys.stderr)
@@ -139,7 +180,7 @@ def cmd_routes(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     loaded = read_config(args.path, env)
     assert loaded is not None
     raw, source = loaded
-    gateway = Gateway(_compile(raw, source, env).config)
+    gateway = Gateway(_compile(raw, source, env).config, env=dict(env))
     if args.method is None:
         for index in range(len(gateway.config.routes)):
             print(_describe(gateway, index))
@@ -179,27 +220,30 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     loaded = read_config(args.config, env)
     limits = ServerLimits(max_header_bytes=args.max_header_size, max_body_bytes=args.max_body_size)
     recorder = _open_recorder(args.record)
+    registries: list[ServiceRegistry] = []  # every one built, closed on exit
 
-    def build(raw: object, source: str) -> GatewayLike:
+    def build(raw: object, source: str) -> Loaded:
         result = _compile(raw, source, env)
-        for diag in result.errors:
-            print(f"sapg: config error: {source}: {diag}", file=sys.stderr)
-        for diag in result.warnings:
-            print(f"sapg: warning: {source}: {diag}", file=sys.stderr)
-        if strict and result.errors:
-            raise StartRefused(f"{source}: invalid config, refusing to start (strict mode)")
-        built = Gateway(result.config, max_body_bytes=args.max_body_size)
-        if recorder is None:
-            return built
-        return recorder.wrap(built, raw_config=raw, env=env)  # a new header line per build
+        registry, found = load_config_services(result.config, args.config, args.binding)
+        registries.append(registry)
+        report_start_up(source, result, found, strict=strict)
+        built = Gateway(
+            result.config,
+            max_body_bytes=args.max_body_size,
+            env=dict(env),
+            service_timeout=args.service_timeout,
+        )
+        if recorder is not None:  # a new header line per build
+            return Loaded(recorder.wrap(built, raw_config=raw, env=env), registry)
+        return Loaded(built, registry)
 
+    factory: Callable[[str, int], Loaded] | None = None
     if loaded is not None:
-        gateway = build(*loaded)
-        factory = None
+        first: Loaded | None = build(*loaded)
     else:
-        gateway = None
+        first = None
 
-        def factory(host: str, port: int) -> GatewayLike:
+        def factory(host: str, port: int) -> Loaded:
             return build(demo_config(f"http://{_url_host(host)}:{port}"), "built-in demo config")
 
     def on_ready(host: str, port: int) -> None:
@@ -209,7 +253,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             flush=True,
         )
 
-    def reload() -> GatewayLike:  # SIGHUP: a config with errors is refused, strict or not
+    def reload() -> Loaded:  # SIGHUP: a config with errors is refused, strict or not
         if args.config is None:
             raise LoadError("the config did not come from a file (--config): nothing to re-read")
         raw, source = read_config(args.config, env) or (None, "")
@@ -218,19 +262,24 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             raise LoadError(f"{source}: {len(errors)} error(s): " + "; ".join(map(str, errors)))
         return build(raw, source)
 
-    return run_driver(
-        args.transport,
-        gateway=gateway,
-        gateway_factory=factory,
-        reload=reload,
-        host=args.host,
-        port=args.port,
-        limits=limits,
-        timeouts=timeouts_from(args),
-        workers=args.workers,
-        on_ready=on_ready,
-        grace=args.grace,
-    )
+    try:
+        return run_driver(
+            args.transport,
+            gateway=None if first is None else first.gateway,
+            gateway_factory=factory,
+            reload=reload,
+            host=args.host,
+            port=args.port,
+            limits=limits,
+            timeouts=timeouts_from(args),
+            workers=args.workers,
+            on_ready=on_ready,
+            grace=args.grace,
+            services=None if first is None else first.services,
+        )
+    finally:
+        for registry in registries:
+            registry.close()
 
 
 def _open_recorder(path: str | None) -> TraceRecorder | None:
@@ -287,10 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TRACE",
         help="write every event and action to TRACE (JSON lines, mode 0600; holds credentials)",
     )
+    _add_binding_argument(serve)
+    serve.add_argument(
+        "--service-timeout",
+        type=_positive,
+        default=DEFAULT_SERVICE_TIMEOUT,
+        metavar="SECONDS",
+        help="time a service, binding or hook may take, 504 after (default 30)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate a config; exit 1 on errors")
     check.add_argument("path")
+    _add_binding_argument(check)
     check.set_defaults(func=cmd_check)
 
     routes = sub.add_parser("routes", help="print the route table, or which route wins and why")
@@ -305,6 +363,26 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("trace", metavar="TRACE")
     replay.set_defaults(func=cmd_replay)
     return parser
+
+
+def _binding_spec(text: str) -> str:
+    try:
+        parse_binding(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _add_binding_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--binding",
+        action="append",
+        default=[],
+        type=_binding_spec,
+        metavar="NAME=pkg.module:object",
+        help="the object behind serviceBindings[].binding NAME (repeatable; a file path "
+        "such as NAME=./guards.py:Guard works too)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import secrets
 import selectors
@@ -37,6 +38,7 @@ from sapg_core import (
     BodyChunk,
     BodyEnd,
     BodyReceived,
+    CallService,
     ConnectionClosed,
     Event,
     FailureReason,
@@ -62,8 +64,10 @@ from ._common import (
     Exchanges,
     GatewayFactory,
     GatewayLike,
+    Loaded,
     Reload,
     Timeouts,
+    as_loaded,
     http_date,
     request_received,
     try_reload,
@@ -71,6 +75,7 @@ from ._common import (
 )
 from ._logging import log_access
 from ._outbound import OutboundError, SyncOutbound, SyncUpstreamBody
+from ._services import ServiceRegistry, call_service_sync
 
 __all__ = ["BlockingServer", "run", "serve"]
 
@@ -104,8 +109,8 @@ class _Connection:
 class _Exchange(ExchangeBase):
     """One request in flight on a worker thread."""
 
-    def __init__(self, gateway: GatewayLike, head: RequestHead) -> None:
-        super().__init__(gateway, head.method, head.target, head.content_length)
+    def __init__(self, serving: Loaded, head: RequestHead) -> None:
+        super().__init__(serving, head.method, head.target, head.content_length)
         self.upstream: SyncUpstreamBody | None = None
         self._woken = threading.Event()
 
@@ -166,19 +171,16 @@ class BlockingServer:
     def __init__(
         self,
         *,
-        gateway: GatewayLike,
+        gateway: GatewayLike | Loaded,
         limits: ServerLimits,
         timeouts: Timeouts,
         outbound: SyncOutbound,
         workers: int = DEFAULT_WORKERS,
         reload: Reload | None = None,
+        services: ServiceRegistry | None = None,
     ) -> None:
-        self.gateway, self.limits, self.timeouts, self.outbound = (
-            gateway,
-            limits,
-            timeouts,
-            outbound,
-        )
+        self.serving = as_loaded(gateway, services)
+        self.limits, self.timeouts, self.outbound = limits, timeouts, outbound
         self.reload = reload
         self.is_draining = False
         self._workers = _Workers(workers)
@@ -195,8 +197,18 @@ class BlockingServer:
             ReadBody: self._read_body,
             SendHTTP: self._send_http,
             Log: self._log,
-            # CallService: self._call_service,  (services: carried out here)
+            CallService: self._call_service,
         }
+
+    @property
+    def gateway(self) -> GatewayLike:
+        """The gateway new requests start on."""
+        return self.serving.gateway
+
+    @property
+    def services(self) -> ServiceRegistry:
+        """The services new requests call."""
+        return self.serving.services
 
     # -- control, safe from signal handlers and other threads ------------------------------
 
@@ -226,7 +238,8 @@ class BlockingServer:
         gateway = try_reload(self.reload)
         if gateway is None:
             return False
-        self.gateway = gateway  # one assignment: each new request sees old or new, whole
+        # One assignment: each new request sees the old pair or the new, whole.
+        self.serving = as_loaded(gateway, self.serving.services)
         return True
 
     # -- accepting -------------------------------------------------------------------------
@@ -357,7 +370,7 @@ class BlockingServer:
                 break
 
     def _handle_request(self, conn: _Connection, head: RequestHead) -> None:
-        exchange = _Exchange(self.gateway, head)
+        exchange = _Exchange(self.serving, head)
         self._exchanges.add(exchange)
         event = request_received(
             head,
@@ -412,9 +425,13 @@ class BlockingServer:
 
     def _forward(self, conn: _Connection, exchange: _Exchange, action: ForwardUpstream) -> Event:
         exchange.upstream_origin = upstream_origin(action.url)
-        body = self._client_body(conn, exchange, action.body_limit)
+        if action.body is None:
+            body = self._client_body(conn, exchange, action.body_limit)
+            content_length = exchange.content_length
+        else:  # already read (for a hook): exactly these bytes, nothing more from the client
+            body, content_length = _given_body(action.body), len(action.body)
         try:
-            result = self.outbound.forward(action, body, content_length=exchange.content_length)
+            result = self.outbound.forward(action, body, content_length=content_length)
         finally:
             body.close()
         if exchange.is_finished:  # the client went away while we streamed its body
@@ -466,6 +483,9 @@ class BlockingServer:
 
     def _log(self, conn: _Connection, exchange: _Exchange, action: Log) -> None:
         logger.log(int(action.level), "request %s: %s", action.request_id, action.message)
+
+    def _call_service(self, conn: _Connection, exchange: _Exchange, action: CallService) -> Event:
+        return call_service_sync(action, exchange.services, env=os.environ)
 
     # -- I/O helpers ---------------------------------------------------------------------------
 
@@ -550,6 +570,12 @@ class BlockingServer:
         conn.sock.close()
 
 
+def _given_body(data: bytes) -> Generator[bytes, None, None]:
+    """A body the core already holds (``ForwardUpstream.body``)."""
+    if data:
+        yield data
+
+
 def _expire(rejected: dict[socket.socket, float], selector: selectors.BaseSelector) -> None:
     if not rejected:
         return
@@ -575,12 +601,16 @@ def serve(
     on_server: Callable[[BlockingServer], None] | None = None,
     grace: float = 10.0,
     outbound: SyncOutbound | None = None,
+    services: ServiceRegistry | None = None,
 ) -> None:
     """Serve until :meth:`BlockingServer.shutdown`, then shut down gracefully and return.
 
     Args:
         gateway: the core to drive; or ``gateway_factory(host, port)`` builds it
             once the listener is bound (give exactly one of them).
+        services: what ``CallService`` actions call (see :func:`transports.load_services`);
+            a factory or a reload may bring its own (:class:`transports._common.Loaded`).
+            Their :meth:`~transports.ServiceRegistry.close` is the caller's.
         reload: builds the gateway for new requests when
             :meth:`BlockingServer.request_reload` is called (SIGHUP, under :func:`run`).
         limits, timeouts: the server's; defaults as in their classes.
@@ -594,18 +624,22 @@ def serve(
         raise TypeError("give exactly one of gateway and gateway_factory")
     listener = socket.create_server((host, port), backlog=_BACKLOG)
     bound_host, bound_port = listener.getsockname()[:2]
+    built: GatewayLike | Loaded
     if gateway is None:
         assert gateway_factory is not None
-        gateway = gateway_factory(bound_host, bound_port)
+        built = gateway_factory(bound_host, bound_port)
+    else:
+        built = gateway
     own_outbound = outbound is None
     outbound = SyncOutbound(max_connections=max(workers, 10)) if outbound is None else outbound
     server = BlockingServer(
-        gateway=gateway,
+        gateway=built,
         limits=limits or ServerLimits(),
         timeouts=timeouts or Timeouts(),
         outbound=outbound,
         workers=workers,
         reload=reload,
+        services=services,
     )
     try:
         if on_server is not None:
@@ -631,6 +665,7 @@ def run(
     workers: int = DEFAULT_WORKERS,
     on_ready: Callable[[str, int], None] | None = None,
     grace: float = 10.0,
+    services: ServiceRegistry | None = None,
 ) -> int:
     """Run :func:`serve` until SIGINT or SIGTERM, then shut down gracefully (main thread only).
 
@@ -673,6 +708,7 @@ def run(
             on_ready=on_ready,
             on_server=servers.append,
             grace=grace,
+            services=services,
         )
     except _HardStop:
         return 1

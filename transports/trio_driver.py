@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import trio
+import trio_asyncio
 
 from sapg_core import (
     ConnectionClosed,
@@ -27,8 +28,9 @@ from sapg_core import (
 )
 
 from ._async_driver import AsyncDriver, ClientGone, Connection
-from ._common import GatewayFactory, GatewayLike, Reload, Timeouts
+from ._common import GatewayFactory, GatewayLike, Loaded, Reload, Timeouts
 from ._outbound import Outbound
+from ._services import ServiceRegistry
 
 __all__ = ["TrioServer", "run", "serve"]
 
@@ -170,13 +172,19 @@ async def serve(
     shutdown: trio.Event | None = None,
     grace: float = 10.0,
     outbound: Outbound | None = None,
+    services: ServiceRegistry | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown`` is set, then shut down gracefully and return.
 
+    Serving runs inside a trio-asyncio loop (unless the caller opened one), so asyncio
+    services share one asyncio loop across calls.
+
     Args:
         gateway: the core to drive; or ``gateway_factory(host, port)`` builds it
             once the listener is bound (give exactly one of them).
+        services: what ``CallService`` actions call (see :func:`transports.load_services`);
+            a factory or a reload may bring its own (:class:`transports._common.Loaded`).
         reload: on SIGHUP, builds the gateway for new requests (see
             :meth:`TrioServer.reload_config`); needs the main thread.
         limits, timeouts: the server's; defaults as in their classes.
@@ -191,26 +199,41 @@ async def serve(
         raise TypeError("give exactly one of gateway and gateway_factory")
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_host, bound_port = listeners[0].socket.getsockname()[:2]
+    built: GatewayLike | Loaded
     if gateway is None:
         assert gateway_factory is not None
-        gateway = gateway_factory(bound_host, bound_port)
+        built = gateway_factory(bound_host, bound_port)
+    else:
+        built = gateway
     own_outbound = outbound is None
     outbound = Outbound() if outbound is None else outbound
     server = TrioServer(
-        gateway=gateway,
+        gateway=built,
         limits=limits or ServerLimits(),
         timeouts=timeouts or Timeouts(),
         outbound=outbound,
         reload=reload,
+        services=services,
     )
     try:
-        if on_ready is not None:
-            on_ready(bound_host, bound_port)
-        task_status.started((bound_host, bound_port))
-        await server.run(listeners, trio.Event() if shutdown is None else shutdown, grace=grace)
+        async with _asyncio_loop():
+            if on_ready is not None:
+                on_ready(bound_host, bound_port)
+            task_status.started((bound_host, bound_port))
+            await server.run(listeners, trio.Event() if shutdown is None else shutdown, grace=grace)
     finally:
         if own_outbound:
             await outbound.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _asyncio_loop() -> AsyncIterator[None]:
+    """A trio-asyncio loop for asyncio services, unless the caller already runs one."""
+    if trio_asyncio.current_loop.get() is not None:
+        yield
+        return
+    async with trio_asyncio.open_loop():
+        yield
 
 
 def run(
@@ -224,6 +247,7 @@ def run(
     timeouts: Timeouts | None = None,
     on_ready: Callable[[str, int], None] | None = None,
     grace: float = 10.0,
+    services: ServiceRegistry | None = None,
 ) -> int:
     """Run :func:`serve` until SIGINT or SIGTERM, then shut down gracefully.
 
@@ -249,6 +273,7 @@ def run(
                 on_ready=on_ready,
                 shutdown=shutdown,
                 grace=grace,
+                services=services,
             )
             finished = True
             nursery.cancel_scope.cancel()

@@ -192,10 +192,6 @@ def test_placeholders_resolve_from_the_process_environment(tmp_path: Path) -> No
         stop_gateway(gw)
 
 
-@pytest.mark.skip(
-    reason="needs wiring: `sapg check` must add transports.check_services(config, "
-    "load_services(config, config_path=..., binding_specs=args.binding)) to its warnings"
-)
 def test_check_warns_about_bindings_that_were_not_provided(tmp_path: Path) -> None:
     config = {
         "serviceBindings": [{"alias": "b", "binding": "B"}],
@@ -213,6 +209,16 @@ def test_check_warns_about_bindings_that_were_not_provided(tmp_path: Path) -> No
         "warning: /serviceBindings/0/binding: binding 'B' was not provided "
         "(sapg serve --binding B=pkg.module:object); its routes answer 500"
     ) in result.stdout
+    assert "(1 routes, 1 warning(s))" in result.stdout
+
+    guard = tmp_path / "guard.py"
+    guard.write_text("class Guard:\n    def run(self, request, env, ctx):\n        return True\n")
+    result = sapg("check", write(tmp_path, config), "--binding", f"B={guard}:Guard")
+    assert result.returncode == 0
+    assert "warning:" not in result.stdout and "(1 routes, 0 warning(s))" in result.stdout
+    result = sapg("check", write(tmp_path, config), "--binding", f"B={guard}:Nope")
+    assert result.returncode == 0
+    assert "warning: /serviceBindings/0/binding: cannot load" in result.stdout
 
 
 def test_routes_normalises_the_path_as_serve_does(tmp_path: Path) -> None:

@@ -486,3 +486,75 @@ def test_a_failed_write_stops_recording_not_serving(
             (answer,) = gateway.handle(received(request_id))
             assert isinstance(answer, Respond) and answer.status == 200
     assert len([r for r in caplog.records if "recording stopped" in r.message]) == 1
+
+
+@pytest.mark.parametrize("transport", transports())
+def test_a_session_with_a_service_and_a_supabase_route_replays(
+    tmp_path: Path, transport: str
+) -> None:
+    from .test_services_calls import ENDPOINT1, HERE, write
+    from .test_supabase_e2e import KEY, SESSION, FakeGoTrue
+
+    write(tmp_path / "services" / "endpoint1.py", ENDPOINT1)
+    recorded = {
+        "services": [{"alias": "endpoint1", "entrypoint": "./services/endpoint1"}],
+        "serviceBindings": [{"alias": "b", "binding": "B"}],
+        "paths": [
+            {
+                "method": "GET",
+                "path": "/service",
+                "integration": {"type": "service", "binding": "endpoint1"},
+            },
+            {
+                "method": "POST",
+                "path": "/slow",
+                "integration": {"type": "service_binding", "binding": "b", "function": "too_slow"},
+            },
+            {
+                "method": "POST",
+                "path": "/verify",
+                "integration": {"type": "supabase_passwordless_verify"},
+            },
+        ],
+    }
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(recorded))
+    trace = tmp_path / "services.jsonl"
+    gotrue = FakeGoTrue()
+    supabase_env = {"SUPABASE_URL": gotrue.url, "SUPABASE_SERVICE_ROLE_KEY": KEY}
+    gateway = start_gateway(
+        [
+            *("--config", str(config_path), "--transport", transport, "--record", str(trace)),
+            *("--binding", f"B={HERE}:Bindings", "--service-timeout", "0.25"),
+        ],
+        env={**supabase_env, "SAPG_TEST_DECOY": DECOY},
+    )
+    try:
+        status, _, body = gateway.request("GET", "/service")
+        assert (status, body) == (200, b"Hello from Worker 1!")
+        assert gateway.request("POST", "/slow", body=b"{}")[0] == 504
+        verify = json.dumps({"email": "test@example.com", "token": "123456"}).encode()
+        status, _, body = gateway.request("POST", "/verify", body=verify)
+        assert (status, json.loads(body)) == (200, SESSION)
+    finally:
+        assert stop_gateway(gateway) == 0
+        gotrue.close()
+    assert gotrue.problems == []
+
+    lines = load_trace(trace)
+    header = lines[0]
+    assert isinstance(header, TraceHeader) and header.service_timeout == 0.25
+    events = [type(line.event).__name__ for line in lines if isinstance(line, TraceStep)]
+    assert events.count("ServiceReturned") == 1 and events.count("ActionFailed") == 1
+    [env_line] = [line for line in lines if isinstance(line, TraceEnv)]
+    assert env_line.values == supabase_env  # read by the gateway: recorded before the step
+    assert DECOY not in trace.read_text()
+    assert replay_file(trace) is None
+
+    # Replayed with another time limit, the CallService actions differ.
+    options = '"service_timeout":0.25'
+    assert options in trace.read_text()
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(trace.read_text().replace(options, '"service_timeout":30.0', 1))
+    divergence = replay_file(changed)
+    assert divergence is not None and type(divergence.event).__name__ == "RequestReceived"

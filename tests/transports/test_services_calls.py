@@ -748,15 +748,10 @@ def test_the_services_doc_example_runs(
     assert capsys.readouterr().out == output
 
 
-# --- through `sapg serve` (needs the driver and CLI wiring) ---------------------------------------
+# --- through `sapg serve` ------------------------------------------------------------------------
 
 
 @pytest.mark.network
-@pytest.mark.skip(
-    reason="needs wiring: the drivers must carry out CallService (transports._services."
-    "call_service; trio: inside trio_asyncio.open_loop()) and `sapg serve` must take "
-    "--binding NAME=pkg.mod:obj and load services at start-up (transports/cli.py)"
-)
 def test_sapg_serve_runs_bindings_and_hooks_under_trio(tmp_path: Path, serve: Any) -> None:
     write(tmp_path / "services" / "endpoint1.py", ENDPOINT1)
     config = {

@@ -342,10 +342,6 @@ def test_missing_environment_and_an_unreachable_gotrue(gotrue: FakeGoTrue) -> No
     )
 
 
-@pytest.mark.skip(
-    reason="needs wiring: `sapg serve` must build Gateway(..., env=<the process environment>) "
-    "so that SUPABASE_URL / SUPABASE_SERVICE_ROLE_KEY reach the core (transports/cli.py)"
-)
 def test_sapg_serve_reads_the_supabase_environment(gotrue: FakeGoTrue, serve: Any) -> None:
     gateway = serve(
         CONFIG,
