@@ -3,7 +3,7 @@
     nox -s tests       # the whole suite (core + loopback transport tests)
     nox -s lint        # ruff check + ruff format --check
     nox -s typecheck   # mypy (strict on sapg_core and transports)
-    nox -s bench       # benchmarks; writes bench-results/ and prints ratios
+    nox -s bench       # benchmarks; writes bench-results/, docs/benchmarks.png, prints ratios
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Measure against same-run baselines. Needs wrk (installed with apt-get when missing)."""
+    """Measure against same-run baselines; draw docs/benchmarks.png. Needs wrk (apt-get)."""
     import shutil
 
     if shutil.which("wrk") is None:
         session.run("apt-get", "install", "-y", "-q", "wrk", external=True)
-    session.install("-e", ".")
+    # [asgi]: uvicorn + httptools for the ASGI driver case; matplotlib for the chart
+    session.install("-e", ".[asgi]", "matplotlib")
     session.run("python", "benchmarks/run.py", *session.posargs)
