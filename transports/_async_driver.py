@@ -157,12 +157,28 @@ class AsyncDriver(Generic[ConnT]):
         """The services new requests call."""
         return self.serving.services
 
+    async def _serve(self, conn: ConnT) -> None:
+        """Serve one accepted connection to its end; each backend builds ``conn``."""
+        self._connections.add(conn)
+        try:
+            await self._serve_requests(conn)
+        except ClientGone:
+            pass
+        except Exception:  # the boundary: one broken connection must not stop the server
+            logger.exception("connection handler failed")
+        finally:
+            self._connections.discard(conn)
+            await self._close(conn)
+
     # -- what a backend implements -----------------------------------------------------
 
     async def _next_event(self, conn: ConnT) -> HTTPEvent:
         raise NotImplementedError
 
     async def _send(self, conn: ConnT, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def _close(self, conn: ConnT) -> None:
         raise NotImplementedError
 
     # -- reload --------------------------------------------------------------------------

@@ -126,17 +126,7 @@ class AsyncioServer(AsyncDriver[_Connection]):
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        conn = _Connection(reader, writer, self.limits)
-        self._connections.add(conn)
-        try:
-            await self._serve_requests(conn)
-        except ClientGone:
-            pass
-        except Exception:  # the boundary: one broken connection must not stop the server
-            logger.exception("connection handler failed")
-        finally:
-            self._connections.discard(conn)
-            await self._close(conn)
+        await self._serve(_Connection(reader, writer, self.limits))
 
     # -- the backend's I/O ---------------------------------------------------------------
 

@@ -100,17 +100,7 @@ class TrioServer(AsyncDriver[_Connection]):
             nursery.start_soon(self._serve_connection, stream)
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        conn = _Connection(stream, self.limits)
-        self._connections.add(conn)
-        try:
-            await self._serve_requests(conn)
-        except ClientGone:
-            pass
-        except Exception:  # the boundary: one broken connection must not stop the server
-            logger.exception("connection handler failed")
-        finally:
-            self._connections.discard(conn)
-            await self._close(conn)
+        await self._serve(_Connection(stream, self.limits))
 
     # -- the backend's I/O ---------------------------------------------------------------
 
