@@ -29,7 +29,7 @@ from typing import Final, TypeVar, cast
 import attrs
 from jsonschema import Draft202012Validator, FormatChecker
 
-from ._json import JSONValue, dumps, js_number, loads
+from ._json import JSONValue, dumps, js_string, loads
 from ._model import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
@@ -439,31 +439,6 @@ def _truthy(value: object) -> bool:
     return True
 
 
-def _js_string(value: object) -> str:
-    """JavaScript ``String(value)`` for a JSON value."""
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, int | float):
-        return _js_number_string(value)
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return ",".join("" if item is None else _js_string(item) for item in value)
-    return "[object Object]"
-
-
-def _js_number_string(value: int | float) -> str:
-    try:
-        as_float = float(value)
-    except OverflowError:
-        as_float = math.inf if value > 0 else -math.inf
-    if math.isnan(as_float):
-        return "NaN"
-    if math.isinf(as_float):
-        return "Infinity" if as_float > 0 else "-Infinity"
-    return js_number(value)
-
-
 def _json_bytes(value: object) -> bytes:
     """``JSON.stringify``; integers too large for a double become ``null`` as Infinity does."""
     try:
@@ -590,7 +565,7 @@ class _Compiler:
             allow_headers=_joined(block.get("allow_headers")),
             expose_headers=_joined(block.get("expose_headers")),
             allow_credentials=credentials,
-            max_age=_js_string(max_age) if _truthy(max_age) else "0",
+            max_age=js_string(max_age) if _truthy(max_age) else "0",
         )
 
     def authorizer(self, value: object) -> Authorizer | None:
@@ -600,7 +575,7 @@ class _Compiler:
         kind = block.get("type")
         builder = _AUTHORIZERS.get(kind) if isinstance(kind, str) else None
         if builder is None:
-            unknown = "" if kind is None else _js_string(kind)
+            unknown = "" if kind is None else js_string(kind)
             return UnknownAuthorizer(type=unknown)
         authorizer = builder(block)
         if isinstance(authorizer, JwtAuthorizer) and authorizer.secret == "":
@@ -763,7 +738,7 @@ def _mapping(value: object) -> MappingSpec | None:
 
 
 def _pairs(value: object) -> tuple[tuple[str, str], ...]:
-    return tuple((key, _js_string(item)) for key, item in _object(value).items())
+    return tuple((key, js_string(item)) for key, item in _object(value).items())
 
 
 def _pre_process(value: object) -> tuple[str, str] | None:
@@ -777,7 +752,7 @@ def _pre_process(value: object) -> tuple[str, str] | None:
 
 def _joined(value: object) -> str:
     return (
-        ",".join("" if v is None else _js_string(v) for v in value)
+        ",".join("" if v is None else js_string(v) for v in value)
         if isinstance(value, list)
         else ""
     )
@@ -835,7 +810,7 @@ def _text(block: JSONObject, key: str, *, null: str = "null") -> str:
     if key not in block:
         return ""
     value = block[key]
-    return null if value is None else _js_string(value)
+    return null if value is None else js_string(value)
 
 
 def _claim(block: JSONObject, key: str) -> str | None:
@@ -847,7 +822,7 @@ def _claim(block: JSONObject, key: str) -> str | None:
 
 def _optional(block: JSONObject, key: str) -> str | None:
     value = block.get(key)
-    return None if value is None else _js_string(value)
+    return None if value is None else js_string(value)
 
 
 def _jwt(block: JSONObject) -> Authorizer:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import TypeAlias
 
-__all__ = ["JSONValue", "dumps", "js_number", "loads"]
+__all__ = ["JSONValue", "dumps", "js_number", "js_string", "loads"]
 
 JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
 
@@ -47,6 +47,25 @@ def js_number(value: int | float) -> str:
     if len(digits) <= exp + 1:
         return f"{sign}{digits.ljust(exp + 1, '0')}"
     return f"{sign}{digits[: exp + 1]}.{digits[exp + 1 :]}"
+
+
+def js_string(value: object) -> str:
+    """JavaScript's ``String(value)`` for a JSON value (numbers as ``Number#toString``)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int | float):
+        try:
+            as_float = float(value)
+        except OverflowError:
+            as_float = math.inf if value > 0 else -math.inf
+        if math.isinf(as_float):
+            return "Infinity" if as_float > 0 else "-Infinity"
+        return "NaN" if math.isnan(as_float) else js_number(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return ",".join("" if item is None else js_string(item) for item in value)
+    return "[object Object]"
 
 
 def _has_float_or_big(value: object) -> bool:

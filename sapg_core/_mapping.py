@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from ._errors import InternalError
 from ._events import Headers
-from ._json import JSONValue, js_number
+from ._json import JSONValue, js_string
 from ._model import MappingSpec
 from ._url import form_decode, form_encode
 
@@ -26,23 +26,6 @@ _TEMPLATE = re.compile(
     r"\$(request\.header|request\.jwt|config|request\.query)\.([A-Za-z0-9_.\-]+)"
 )
 _MISSING = object()
-
-
-def js_string(value: object) -> str:
-    """``String(value)`` for JSON values, as JavaScript converts them."""
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int | float):
-        return js_number(value)
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return ",".join("" if item is None else js_string(item) for item in value)
-    return "[object Object]"
 
 
 class MappingSources:

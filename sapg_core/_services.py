@@ -55,7 +55,7 @@ from ._actions import (
     ServiceRequest,
     ServiceStage,
 )
-from ._config import _js_string, _truthy
+from ._config import _truthy
 from ._errors import ConfigDefect, GatewayError, InternalError
 from ._events import (
     ActionFailed,
@@ -66,7 +66,7 @@ from ._events import (
     ServiceReturned,
 )
 from ._flow import Claims, Flow, FlowContext, Request, Step
-from ._json import JSONValue, dumps, loads
+from ._json import JSONValue, dumps, js_string, loads
 from ._jwt import _utf8
 from ._proxy import forwardable
 from ._url import form_decode
@@ -412,7 +412,7 @@ def _to_number(value: object) -> float:
         except OverflowError:
             return math.inf
     if isinstance(value, list):
-        return _string_to_number(_js_string(value))
+        return _string_to_number(js_string(value))
     if isinstance(value, str):
         return _string_to_number(value)
     return math.nan
@@ -460,7 +460,7 @@ def _checked_headers(headers: Headers) -> Headers:
 def _duck_response(ctx: FlowContext, value: Mapping[str, JSONValue]) -> Respond:
     """``new Response(v.body, {status: v.status, headers: v.headers})`` for a plain object."""
     raw_body = value.get("body")
-    body = None if raw_body is None else _utf8(_js_string(raw_body))
+    body = None if raw_body is None else _utf8(js_string(raw_body))
     status = 200 if "status" not in value else response_status(value["status"], has_body=False)
     if body is not None and status in _NULL_BODY_STATUSES:
         raise InternalError(f"a pre_process hook answered status {status} with a body")
@@ -475,7 +475,7 @@ def _header_pairs(value: object) -> Headers:
     if value is _MISSING:
         return ()
     if isinstance(value, dict):
-        return tuple((str(name), _js_string(item)) for name, item in value.items())
+        return tuple((str(name), js_string(item)) for name, item in value.items())
     if isinstance(value, list) and all(isinstance(pair, list) and len(pair) == 2 for pair in value):
-        return tuple((_js_string(pair[0]), _js_string(pair[1])) for pair in value)
+        return tuple((js_string(pair[0]), js_string(pair[1])) for pair in value)
     raise InternalError("a pre_process hook answered headers that are neither a record nor pairs")

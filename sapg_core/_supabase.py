@@ -56,11 +56,11 @@ from urllib.parse import urljoin, urlsplit
 
 import attrs
 
-from ._config import _js_string, _truthy
+from ._config import _truthy
 from ._errors import AuthError, GatewayError, InternalError
 from ._events import ActionFailed, Event, Headers, HTTPResponseReceived
 from ._flow import Claims, Flow, FlowContext, Request, Step
-from ._json import JSONValue, dumps, js_number
+from ._json import JSONValue, dumps, js_number, js_string
 from ._jwks import ALLOWED_JWS_ALGORITHMS, JwksCache, JwksPolicy, RemoteJwks, json_body, verify_jws
 from ._jwt import _JSON, _utf8, bearer_token
 from ._model import SupabaseAuthorizer
@@ -380,7 +380,7 @@ def _error_message(data: object) -> str:
         for key in ("msg", "message", "error_description", "error"):
             value = data.get(key)
             if _truthy(value):
-                return _js_string(value)
+                return js_string(value)
     return dumps(data).decode("utf-8", "surrogatepass")
 
 
@@ -420,7 +420,7 @@ def _expires_at(expires_in: object, now: float) -> JSONValue:
         return rounded + int(expires_in)
     if isinstance(expires_in, int | float):
         return rounded + expires_in
-    return f"{js_number(rounded)}{_js_string(expires_in)}"
+    return f"{js_number(rounded)}{js_string(expires_in)}"
 
 
 class _Thrown(Exception):

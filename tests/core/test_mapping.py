@@ -3,7 +3,8 @@
 import pytest
 
 from sapg_core._errors import InternalError
-from sapg_core._mapping import MappingSources, apply_mapping, js_string
+from sapg_core._json import js_string
+from sapg_core._mapping import MappingSources, apply_mapping
 from sapg_core._model import MappingSpec
 
 
@@ -91,3 +92,8 @@ def test_a_claim_that_is_not_latin1_is_an_internal_error() -> None:
     spec = MappingSpec(headers=(("x-name", "$request.jwt.name"),))
     with pytest.raises(InternalError):
         apply_mapping(spec, sources(claims={"name": "Zoë 😀"}), (), "")
+
+
+def test_js_string_of_numbers_beyond_a_double_is_infinity() -> None:
+    assert js_string(10**400) == "Infinity"
+    assert js_string(-(10**400)) == "-Infinity"
