@@ -18,7 +18,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, Final, Generic, TypeVar
 
 import anyio
@@ -116,6 +116,33 @@ class AsyncExchange(ExchangeBase):
 
 ConnT = TypeVar("ConnT", bound=Connection)
 _Executor = Callable[[Any, AsyncExchange, Any], Awaitable[Event | None]]
+
+
+async def execute_actions(
+    exchanges: Exchanges,
+    executors: Mapping[type[Action], _Executor],
+    target: object,
+    exchange: AsyncExchange,
+    actions: list[Action],
+) -> None:
+    """Carry out a request's actions in order, feeding each outcome back to its gateway.
+
+    ``target`` is what the executors write to (a connection, or the ASGI send side).
+    Shared by every async transport: the request half of the loop is the same.
+    """
+    exchanges.deliver(exchange, actions)
+    inbox = exchange.inbox
+    while inbox or not exchange.is_finished:
+        if not inbox and not await exchange.wait_for_actions():
+            logger.error("request %d: the core gave no answer", exchange.request_id)
+            return
+        action = inbox.popleft()
+        executor = executors.get(type(action))
+        if executor is None:
+            raise TypeError(f"no executor for {type(action).__name__}")
+        outcome = await executor(target, exchange, action)
+        if outcome is not None:
+            exchanges.deliver(exchange, exchange.gateway.handle(outcome))
 
 
 class AsyncDriver(Generic[ConnT]):
@@ -240,20 +267,7 @@ class AsyncDriver(Generic[ConnT]):
                 await exchange.upstream.aclose()
 
     async def _execute(self, conn: ConnT, exchange: AsyncExchange, actions: list[Action]) -> None:
-        """Carry out the request's actions in order, feeding each outcome back to its gateway."""
-        self._exchanges.deliver(exchange, actions)
-        inbox = exchange.inbox
-        while inbox or not exchange.is_finished:
-            if not inbox and not await exchange.wait_for_actions():
-                logger.error("request %d: the core gave no answer", exchange.request_id)
-                return
-            action = inbox.popleft()
-            executor = self._executors.get(type(action))
-            if executor is None:
-                raise TypeError(f"no executor for {type(action).__name__}")
-            outcome = await executor(conn, exchange, action)
-            if outcome is not None:
-                self._exchanges.deliver(exchange, exchange.gateway.handle(outcome))
+        await execute_actions(self._exchanges, self._executors, conn, exchange, actions)
 
     # -- executors, one per action type ------------------------------------------------------
 

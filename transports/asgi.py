@@ -55,7 +55,7 @@ from sapg_core import (
     SendHTTP,
 )
 
-from ._async_driver import AsyncExchange, given_body
+from ._async_driver import AsyncExchange, execute_actions, given_body
 from ._common import (
     ClientBodyError,
     Exchanges,
@@ -246,20 +246,7 @@ class GatewayApp:
     async def _execute(
         self, request: _Request, exchange: AsyncExchange, actions: list[Action]
     ) -> None:
-        """Carry out the request's actions in order, feeding each outcome back to its gateway."""
-        self._exchanges.deliver(exchange, actions)
-        inbox = exchange.inbox
-        while inbox or not exchange.is_finished:
-            if not inbox and not await exchange.wait_for_actions():
-                logger.error("request %d: the core gave no answer", exchange.request_id)
-                return
-            action = inbox.popleft()
-            executor = self._executors.get(type(action))
-            if executor is None:
-                raise TypeError(f"no executor for {type(action).__name__}")
-            outcome = await executor(request, exchange, action)
-            if outcome is not None:
-                self._exchanges.deliver(exchange, exchange.gateway.handle(outcome))
+        await execute_actions(self._exchanges, self._executors, request, exchange, actions)
 
     # -- executors, one per action type ------------------------------------------------------
 
