@@ -66,6 +66,7 @@ from ._gateway import (
     Gateway as Gateway,
 )
 from ._http import (
+    PARSER_BACKENDS as PARSER_BACKENDS,
     BodyChunk as BodyChunk,
     BodyEnd as BodyEnd,
     ConnectionClosed as ConnectionClosed,

@@ -37,6 +37,7 @@ from ._errors import BodyTooLarge, GatewayError
 from ._events import Headers
 
 __all__ = [
+    "PARSER_BACKENDS",
     "BodyChunk",
     "BodyEnd",
     "ConnectionClosed",
@@ -138,6 +139,10 @@ _FAILURES: Final[dict[int, GatewayError]] = {
     501: GatewayError("Transfer coding not implemented", status=501, code="NOT_IMPLEMENTED"),
 }
 
+#: The request parsers :class:`ServerConnection` can run on: httptools (llhttp,
+#: C, fast) and h11 (pure Python, the reference).
+PARSER_BACKENDS: Final = ("httptools", "h11")
+
 _UNLIMITED: Final = sys.maxsize
 _RESPONSE_DONE: Final = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
 
@@ -181,9 +186,16 @@ class ServerConnection:
 
     Args:
         limits: the size limits to enforce.
+        backend: the request parser, one of :data:`PARSER_BACKENDS`.
+
+    Raises:
+        ValueError: ``backend`` names no parser.
     """
 
-    def __init__(self, limits: ServerLimits | None = None) -> None:
+    def __init__(self, limits: ServerLimits | None = None, *, backend: str = "h11") -> None:
+        if backend not in PARSER_BACKENDS:
+            raise ValueError(f"unknown HTTP parser backend {backend!r}; one of {PARSER_BACKENDS}")
+        self.backend = backend
         self.limits = limits if limits is not None else ServerLimits()
         self._h11 = h11.Connection(
             h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes or _UNLIMITED
