@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import attrs
 
 from ._json import JSONValue
+from ._url import upstream_base
 
 __all__ = [
     "Auth0Authorizer",
@@ -60,10 +61,18 @@ class Diagnostic:
 
 @attrs.frozen(kw_only=True)
 class Server:
+    """One ``servers`` entry; ``base`` is what its upstream URLs start with (computed once)."""
+
     alias: str
     url: str
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    base: str = attrs.field(
+        init=False,
+        eq=False,
+        repr=False,
+        default=attrs.Factory(lambda s: upstream_base(s.url), takes_self=True),
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -15,7 +15,7 @@ from ._errors import BodyTooLarge, GatewayError, UpstreamError
 from ._events import ActionFailed, FailureReason, Headers, UpstreamResponded
 from ._flow import Flow, FlowContext
 from ._mapping import MappingSources, apply_mapping
-from ._url import build_upstream_url
+from ._url import upstream_url
 
 __all__ = ["HOP_BY_HOP", "forwardable", "proxy_flow"]
 
@@ -47,15 +47,27 @@ _FAILURES: Final[dict[FailureReason, tuple[int, str, str]]] = {
 
 
 def forwardable(headers: Headers, *, response: bool = False) -> Headers:
-    """Drop hop-by-hop headers, and those the ``Connection`` header names."""
-    named = {
-        token.strip().lower()
-        for name, value in headers
-        if name == "connection"
-        for token in value.split(",")
-    }
-    drop = (HOP_BY_HOP if response else _NOT_FORWARDED) | named
-    return tuple(item for item in headers if item[0] not in drop)
+    """Drop hop-by-hop headers, and those the ``Connection`` header names.
+
+    Runs twice per proxied request (the client's headers, the upstream's), so
+    the common cases cost one pass: no ``Connection`` header, or one that
+    names only fields dropped anyway (``keep-alive``, ``close``), needs no new
+    set; when nothing is dropped, ``headers`` itself comes back.
+    """
+    drop = HOP_BY_HOP if response else _NOT_FORWARDED
+    for name, _ in headers:
+        if name == "connection":
+            named = {
+                token.strip().lower()
+                for field, value in headers
+                if field == "connection"
+                for token in value.split(",")
+            }
+            if not named <= drop:
+                drop = drop | named
+            break
+    kept = [item for item in headers if item[0] not in drop]
+    return headers if len(kept) == len(headers) else tuple(kept)
 
 
 def proxy_flow(ctx: FlowContext) -> Flow:
@@ -77,7 +89,7 @@ def proxy_flow(ctx: FlowContext) -> Flow:
     outcome = yield ForwardUpstream(
         request_id=request.id,
         method=request.method,
-        url=build_upstream_url(server.url, ctx.route.path, request.path, query),
+        url=upstream_url(server.base, ctx.route.path, request.path, query),
         headers=headers,
         body_limit=ctx.max_body_bytes,
         connect_timeout=server.connect_timeout,

@@ -18,6 +18,8 @@ __all__ = [
     "form_decode",
     "form_encode",
     "split_target",
+    "upstream_base",
+    "upstream_url",
 ]
 
 
@@ -151,17 +153,39 @@ def _upstream_path(route_path: str, request_path: str) -> str:
     return request_path  # e.g. a base holding a {param}: never a literal prefix
 
 
+def upstream_base(server_url: str) -> str:
+    """What every upstream URL of one ``servers`` entry starts with.
+
+    ``scheme://netloc`` and the server URL's path, its trailing ``/`` removed
+    and its runs of ``/`` collapsed; its query and fragment dropped. Computed
+    once per server when the config is compiled (``Server.base``).
+    """
+    parts = urlsplit(server_url)
+    return f"{parts.scheme}://{parts.netloc}{_SLASHES.sub('/', parts.path.rstrip('/'))}"
+
+
+def upstream_url(base: str, route_path: str, request_path: str, query: str) -> str:
+    """The upstream target from a server's :func:`upstream_base` (the per-request part).
+
+    The base ends in a character other than ``/`` (or is bare ``scheme://netloc``)
+    and the request's part starts with ``/``, so collapsing the runs of ``/`` of
+    each part alone gives what collapsing their concatenation gives.
+    """
+    path = _upstream_path(route_path, request_path)
+    if not path.startswith("/"):
+        path = "/" + path
+    if "//" in path:
+        path = _SLASHES.sub("/", path)
+    return f"{base}{path}?{query}" if query else base + path
+
+
 def build_upstream_url(server_url: str, route_path: str, request_path: str, query: str) -> str:
     """The upstream target exactly as the original builds it (UPSTREAM.md §8.1).
 
     The server URL's path (trailing ``/`` removed) + the request path (the
     ``{.+}`` route prefix stripped), every run of ``/`` collapsed, and the
-    request's query verbatim (any query on the server URL is replaced).
+    request's query verbatim (any query on the server URL is replaced). The
+    request path uses :func:`upstream_base` and :func:`upstream_url`, which
+    split this in two so that the server URL is parsed once, not per request.
     """
-    parts = urlsplit(server_url)
-    path = _upstream_path(route_path, request_path)
-    if not path.startswith("/"):
-        path = "/" + path
-    full_path = _SLASHES.sub("/", parts.path.rstrip("/") + path)
-    url = f"{parts.scheme}://{parts.netloc}{full_path}"
-    return f"{url}?{query}" if query else url
+    return upstream_url(upstream_base(server_url), route_path, request_path, query)
