@@ -8,6 +8,7 @@ streamed by the transport. Unlike the original, upstream failures answer JSON
 
 from __future__ import annotations
 
+import functools
 from typing import Final
 
 from ._actions import ForwardUpstream, RelayResponse
@@ -46,26 +47,29 @@ _FAILURES: Final[dict[FailureReason, tuple[int, str, str]]] = {
 }
 
 
+@functools.lru_cache(maxsize=64)
+def _named_by(connection: str) -> frozenset[str]:
+    """The field names a ``Connection`` value lists, beyond the hop-by-hop ones.
+
+    Cached: the values seen in practice are a handful (``keep-alive``, ``close``).
+    """
+    return frozenset(token.strip().lower() for token in connection.split(",")) - HOP_BY_HOP
+
+
 def forwardable(headers: Headers, *, response: bool = False) -> Headers:
     """Drop hop-by-hop headers, and those the ``Connection`` header names.
 
     Runs twice per proxied request (the client's headers, the upstream's), so
-    the common cases cost one pass: no ``Connection`` header, or one that
-    names only fields dropped anyway (``keep-alive``, ``close``), needs no new
-    set; when nothing is dropped, ``headers`` itself comes back.
+    the common case is one pass with no new set: the names a ``Connection``
+    value lists are cached per value, and when nothing is dropped ``headers``
+    itself comes back.
     """
     drop = HOP_BY_HOP if response else _NOT_FORWARDED
-    for name, _ in headers:
+    for name, value in headers:
         if name == "connection":
-            named = {
-                token.strip().lower()
-                for field, value in headers
-                if field == "connection"
-                for token in value.split(",")
-            }
-            if not named <= drop:
+            named = _named_by(value)
+            if named and not named <= drop:
                 drop = drop | named
-            break
     kept = [item for item in headers if item[0] not in drop]
     return headers if len(kept) == len(headers) else tuple(kept)
 
