@@ -1,22 +1,36 @@
 """The half of the trio and asyncio drivers that is the same code: carrying out a request.
 
 Theory of operation. A backend (``trio_driver``, ``asyncio_driver``) owns the
-sockets: it accepts, and implements three awaitables on its connection type,
-``_next_event`` (read until the HTTP glue has an event; a read timeout or a
-dead socket is ``ConnectionClosed``), ``_send`` (write, or raise
-:class:`ClientGone`) and ``_close``. Everything above the bytes is here,
+sockets: it accepts, and implements a few primitives on its connection type,
+``_receive`` (some bytes; ``b""`` at end of stream, None on a reset),
+``_send_bytes`` (write, or raise :class:`ClientGone`), ``_close``, ``_now``
+(its clock) and what it takes to cut a connection off (``_expire``) or to wake
+the sweeper early (``_wake_sweeper``). Everything above the bytes is here,
 written once: the per-connection request loop (:meth:`AsyncDriver._serve_requests`),
-one request's action queue (:meth:`AsyncDriver._execute`) and one executor per
-action type (:attr:`AsyncDriver._executors`). It awaits only the backend's
-methods, :mod:`anyio` primitives and the anyio-based outbound executor, so the
-same source runs on trio and on asyncio (as httpcore keeps one ``_async`` source).
+one request's action queue (:meth:`AsyncDriver._execute`), one executor per
+action type (:attr:`AsyncDriver._executors`) and the connections' deadlines.
+
+Deadlines. A connection has one deadline at a time, a plain float that moves as
+the connection changes phase: idle keep-alive (``idle`` from the end of the last
+answer), receiving a head (``header`` for the whole head), the core and the
+outbound work (none: the upstream has its own timeouts), reading the body
+(``read`` between bytes and the ``min_body_rate``, see :class:`Timeouts`),
+sending (``read``). Moving it costs an assignment. :class:`Deadlines` keeps a
+heap of the times connections must be looked at ("armed" times, only ever moved
+earlier) and one sweeper per server wakes at the earliest, cuts off the
+connections whose deadline has passed and re-arms the others at their current
+deadline. Cutting off is the backend's: trio cancels the connection's one cancel
+scope, asyncio cancels the connection's task; either way the connection closes,
+and a request whose body was being read reaches the core as ``RequestAborted``.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import math
 import os
-import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, Final, Generic, TypeVar
@@ -30,11 +44,12 @@ from sapg_core import (
     BodyEnd,
     BodyReceived,
     CallService,
+    ConnectionClosed,
     Event,
     FailureReason,
     ForwardUpstream,
-    HTTPEvent,
     Log,
+    NeedData,
     ProtocolFailure,
     ReadBody,
     RelayResponse,
@@ -55,6 +70,7 @@ from ._common import (
     Reload,
     Timeouts,
     as_loaded,
+    entropy,
     http_date,
     request_received,
     try_reload,
@@ -64,13 +80,16 @@ from ._logging import log_access
 from ._outbound import Outbound, OutboundError, UpstreamBody
 from ._services import ServiceRegistry, call_service
 
-__all__ = ["AsyncDriver", "AsyncExchange", "ClientGone", "Connection", "given_body"]
+__all__ = ["AsyncDriver", "AsyncExchange", "ClientGone", "Connection", "Deadlines", "given_body"]
 
 logger = logging.getLogger("sapg")
 
 #: How long a request may wait for a shared action another request carries
 #: out (a JWKS fetch, say) before it is given up as a driver bug.
 PARKED_LIMIT: Final = 120.0
+#: Dead heap entries (of closed connections) tolerated before the heap is rebuilt.
+_DEAD_ENTRIES: Final = 1024
+_NEVER: Final = math.inf
 
 
 class ClientGone(Exception):
@@ -85,12 +104,76 @@ async def given_body(data: bytes) -> AsyncGenerator[bytes, None]:
 
 
 class Connection:
-    """One client connection: the HTTP glue; a backend subclass adds its stream."""
+    """One client connection: the HTTP glue and its deadline; a backend subclass adds its stream."""
 
-    def __init__(self, limits: ServerLimits, peer: str) -> None:
-        self.http = ServerConnection(limits)
+    def __init__(self, limits: ServerLimits, peer: str, *, backend: str = "h11") -> None:
+        self.http = ServerConnection(limits, backend=backend)
         self.peer = peer
         self.is_broken = False
+        self.is_idle_wait = False  # waiting for a new request: shutdown may close it
+        self.is_expired = False  # its deadline passed: the backend is cutting it off
+        self.is_closed = False
+        self.deadline = _NEVER  # when it is cut off (the backend's clock)
+        self.armed = _NEVER  # when the sweeper looks at it next
+
+
+class Deadlines:
+    """The sweeper's heap: when to look at which connection (see the module docstring).
+
+    Args:
+        expire: cuts a connection off (called by :meth:`sweep`).
+        wake: makes the sweeper wake at the given time (earlier than it planned).
+    """
+
+    def __init__(self, expire: Callable[[Any], None], wake: Callable[[float], None]) -> None:
+        self._heap: list[tuple[float, int, Connection]] = []
+        self._order = itertools.count().__next__
+        self._expire = expire
+        self._wake = wake
+        self._dead = 0
+        self.next_wake = _NEVER  # when the sweeper will wake; the caller updates it
+
+    def set(self, conn: Connection, when: float) -> None:
+        """Move ``conn``'s deadline to ``when`` (:data:`math.inf`: none)."""
+        conn.deadline = when
+        if when < conn.armed:
+            conn.armed = when
+            heapq.heappush(self._heap, (when, self._order(), conn))
+            if when < self.next_wake:
+                self.next_wake = when
+                self._wake(when)
+
+    def discard(self, conn: Connection) -> None:
+        """``conn`` is closed: forget it (its heap entries go at the next rebuild)."""
+        conn.is_closed = True
+        conn.deadline = _NEVER
+        if conn.armed < _NEVER:
+            conn.armed = _NEVER
+            self._dead += 1
+            if self._dead > _DEAD_ENTRIES and self._dead * 2 > len(self._heap):
+                self._heap = [e for e in self._heap if e[2].armed == e[0]]
+                heapq.heapify(self._heap)
+                self._dead = 0
+
+    def sweep(self, now: float) -> float:
+        """Cut off the connections past their deadline; the time to sweep next."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            armed, _, conn = heapq.heappop(heap)
+            if conn.armed != armed:  # superseded by an earlier arming, or closed
+                continue
+            conn.armed = _NEVER
+            if conn.deadline <= now:
+                conn.is_expired = True
+                self._expire(conn)
+            elif conn.deadline < _NEVER:
+                conn.armed = conn.deadline
+                heapq.heappush(heap, (conn.deadline, self._order(), conn))
+        self.next_wake = heap[0][0] if heap else _NEVER
+        return self.next_wake
+
+    def __len__(self) -> int:
+        return len(self._heap)
 
 
 class AsyncExchange(ExchangeBase):
@@ -157,12 +240,15 @@ class AsyncDriver(Generic[ConnT]):
         outbound: Outbound,
         reload: Reload | None = None,
         services: ServiceRegistry | None = None,
+        http: str = "httptools",
     ) -> None:
         self.serving = as_loaded(gateway, services)
         self.limits, self.timeouts, self.outbound = limits, timeouts, outbound
         self.reload = reload
+        self.http = http  # the parser backend of new connections (sapg_core.PARSER_BACKENDS)
         self.is_draining = False
         self._connections: set[ConnT] = set()
+        self._deadlines = Deadlines(self._expire, self._wake_sweeper)
         self._exchanges = Exchanges()
         self._executors: dict[type[Action], _Executor] = {
             Respond: self._respond,
@@ -188,25 +274,71 @@ class AsyncDriver(Generic[ConnT]):
         """Serve one accepted connection to its end; each backend builds ``conn``."""
         self._connections.add(conn)
         try:
-            await self._serve_requests(conn)
+            await self._guarded(conn)
         except ClientGone:
             pass
         except Exception:  # the boundary: one broken connection must not stop the server
             logger.exception("connection handler failed")
         finally:
             self._connections.discard(conn)
+            self._deadlines.discard(conn)
+            if conn.is_expired:
+                conn.is_broken = True
             await self._close(conn)
+
+    def _stop_idle(self) -> None:
+        """Shutting down: no new requests; connections waiting for one close now."""
+        self.is_draining = True
+        for conn in self._connections:
+            conn.http.stop_keep_alive()
+            if conn.is_idle_wait:
+                conn.is_expired = True
+                self._expire(conn)
 
     # -- what a backend implements -----------------------------------------------------
 
-    async def _next_event(self, conn: ConnT) -> HTTPEvent:
+    async def _guarded(self, conn: ConnT) -> None:
+        """Run :meth:`_serve_requests` so that :meth:`_expire` can cut it off."""
         raise NotImplementedError
 
-    async def _send(self, conn: ConnT, data: bytes) -> None:
+    def _now(self) -> float:
+        """The backend's clock (the one deadlines are in)."""
+        raise NotImplementedError
+
+    def _expire(self, conn: ConnT) -> None:
+        """Cut ``conn`` off: its deadline passed (or the server shuts down and it is idle)."""
+        raise NotImplementedError
+
+    def _wake_sweeper(self, when: float) -> None:
+        """Make the sweeper wake at ``when``, earlier than it planned."""
+        raise NotImplementedError
+
+    async def _receive(self, conn: ConnT) -> bytes | None:
+        """Some bytes from the client; ``b""`` at its end of stream, None if the socket broke."""
+        raise NotImplementedError
+
+    async def _send_bytes(self, conn: ConnT, data: bytes) -> None:
+        """Write ``data`` (not empty); raise :class:`ClientGone` if the socket is broken."""
         raise NotImplementedError
 
     async def _close(self, conn: ConnT) -> None:
         raise NotImplementedError
+
+    # -- I/O with deadlines ----------------------------------------------------------------
+
+    async def _send(self, conn: ConnT, data: bytes) -> None:
+        """Write ``data``; a write that stalls ``read`` seconds cuts the connection off."""
+        if not data:
+            return
+        deadlines = self._deadlines
+        deadlines.set(conn, self._now() + self.timeouts.read)
+        try:
+            await self._send_bytes(conn, data)
+        except ClientGone:
+            conn.http.stop_keep_alive()
+            raise
+        finally:
+            deadlines.set(conn, _NEVER)
 
     # -- reload --------------------------------------------------------------------------
 
@@ -229,8 +361,35 @@ class AsyncDriver(Generic[ConnT]):
     # -- one connection, one request at a time ---------------------------------------------
 
     async def _serve_requests(self, conn: ConnT) -> None:
+        http, timeouts, deadlines = conn.http, self.timeouts, self._deadlines
+        # A new connection's first head is due ``header`` after the accept; a later
+        # one ``idle`` for its first byte, then ``header`` for the whole head.
+        head_due: float | None = self._now() + timeouts.header
         while not conn.is_broken:
-            event = await self._next_event(conn)
+            event = http.next_event()
+            if type(event) is NeedData:
+                if http.is_idle:
+                    if self.is_draining:
+                        return
+                    conn.is_idle_wait = True
+                    if head_due is None:
+                        deadlines.set(conn, self._now() + timeouts.idle)
+                    else:
+                        deadlines.set(conn, head_due)
+                else:  # a head under way: all of it within ``header``, no gap over ``read``
+                    now = self._now()
+                    if head_due is None:
+                        head_due = now + timeouts.header
+                    deadlines.set(conn, min(head_due, now + timeouts.read))
+                data = await self._receive(conn)
+                conn.is_idle_wait = False
+                if data is None:  # reset
+                    conn.is_broken = True
+                    return
+                http.receive_data(data)
+                continue
+            deadlines.set(conn, _NEVER)  # the core and the outbound work have no client deadline
+            head_due = None
             if isinstance(event, RequestHead):
                 await self._handle_request(conn, event)
             elif isinstance(event, ProtocolFailure):
@@ -249,7 +408,7 @@ class AsyncDriver(Generic[ConnT]):
             head,
             request_id=exchange.request_id,
             now=time.time(),
-            entropy=secrets.token_bytes(32),
+            entropy=entropy(),
             scheme="http",
         )
         try:
@@ -264,7 +423,11 @@ class AsyncDriver(Generic[ConnT]):
                 self._exchanges.deliver(exchange, exchange.gateway.handle(aborted))
             log_access(exchange)
             if exchange.upstream is not None:
-                await exchange.upstream.aclose()
+                await self._release(conn, exchange.upstream)
+
+    async def _release(self, conn: ConnT, upstream: UpstreamBody) -> None:
+        """Close the upstream answer (a backend may shield it from a cut-off connection)."""
+        await upstream.aclose()
 
     async def _execute(self, conn: ConnT, exchange: AsyncExchange, actions: list[Action]) -> None:
         await execute_actions(self._exchanges, self._executors, conn, exchange, actions)
@@ -354,7 +517,11 @@ class AsyncDriver(Generic[ConnT]):
     async def _client_body(
         self, conn: ConnT, exchange: AsyncExchange, limit: int
     ) -> AsyncGenerator[bytes, None]:
-        """The request body as it arrives; raises :class:`ClientBodyError` on failure."""
+        """The request body as it arrives; raises :class:`ClientBodyError` on failure.
+
+        Only the waits for the client have a deadline (:meth:`Timeouts.body_deadline`):
+        while the consumer (the outbound executor) holds a chunk, there is none.
+        """
         if exchange.is_body_done:
             return
         try:
@@ -362,14 +529,29 @@ class AsyncDriver(Generic[ConnT]):
         except ClientGone:
             exchange.is_finished = True
             raise ClientBodyError(FailureReason.CLIENT, "client went away", aborted=True) from None
+        http, timeouts, deadlines = conn.http, self.timeouts, self._deadlines
         received = 0
+        waited = 0.0
         while True:
-            event = await self._next_event(conn)
+            event = http.next_event()
+            if type(event) is NeedData:
+                now = self._now()
+                deadlines.set(conn, timeouts.body_deadline(now, received, waited))
+                try:
+                    data = await self._receive(conn)
+                finally:
+                    deadlines.set(conn, _NEVER)
+                waited += self._now() - now
+                if data is None:
+                    event = ConnectionClosed()
+                else:
+                    http.receive_data(data)
+                    continue
             if isinstance(event, BodyChunk):
                 received += len(event.data)
                 if limit and received > limit:
                     exchange.is_body_done = True
-                    conn.http.stop_keep_alive()
+                    http.stop_keep_alive()
                     raise ClientBodyError(FailureReason.BODY_TOO_LARGE, f"body over {limit} bytes")
                 yield event.data
                 continue
@@ -381,6 +563,6 @@ class AsyncDriver(Generic[ConnT]):
                     FailureReason.BODY_TOO_LARGE if event.status == 413 else FailureReason.CLIENT
                 )
                 raise ClientBodyError(reason, event.detail)
-            exchange.is_finished = True  # closed, or stalled past the read timeout
+            exchange.is_finished = True  # closed or reset
             conn.is_broken = True
             raise ClientBodyError(FailureReason.CLIENT, "client went away", aborted=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import email.utils
 import itertools
 import logging
+import os
+import threading
 import time
 import urllib.parse
 from collections import deque
@@ -39,6 +41,7 @@ __all__ = [
     "Reload",
     "Timeouts",
     "as_loaded",
+    "entropy",
     "header_value",
     "http_date",
     "next_request_id",
@@ -89,11 +92,22 @@ def as_loaded(built: GatewayLike | Loaded, services: ServiceRegistry | None) -> 
 
 @attrs.frozen(kw_only=True)
 class Timeouts:
-    """Server-side timeouts, in seconds.
+    """Server-side timeouts, in seconds; each is a deadline of the connection, not of a read.
 
     Fields:
-        read: a started request (head or body) that stalls this long is cut off.
-        idle: a keep-alive connection with no new request this long is closed.
+        header: the whole request head must arrive within this long, however it
+            is dribbled (counted from the accept for a connection's first
+            request, from the first byte of the head for a later one), like
+            nginx's ``client_header_timeout``.
+        read: a gap this long between the bytes of a request under way (head or
+            body) cuts it off (during the body, the core sees ``RequestAborted``);
+            a write to a client that stalls this long means the client is gone;
+            and the grace before ``min_body_rate`` applies.
+        min_body_rate: bytes per second the body must average, counted over the
+            time the server waits for it, once ``read`` seconds of waiting are
+            spent: the body's deadline is ``read + received / min_body_rate``
+            seconds of waiting. 0 turns the rate off.
+        idle: a keep-alive connection with no byte of a new request this long is closed.
         linger: after a ``Connection: close`` answer, how long to wait for the
             client to close, so unread bytes don't turn the close into a reset
             that destroys the answer (RFC 9112 §9.6).
@@ -101,7 +115,58 @@ class Timeouts:
 
     read: float = 30.0
     idle: float = 15.0
+    header: float = 10.0
+    min_body_rate: float = 1024.0
     linger: float = 2.0
+
+    def body_deadline(self, now: float, received: int, waited: float) -> float:
+        """When a body read that starts at ``now`` must have given bytes.
+
+        Args:
+            now: the clock as the read starts.
+            received: body bytes received so far.
+            waited: seconds already spent waiting for this body.
+        """
+        deadline = now + self.read
+        if self.min_body_rate > 0:
+            deadline = min(deadline, now + self.read + received / self.min_body_rate - waited)
+        return deadline
+
+
+#: Random bytes drawn per refill: 256 requests' entropy for one ``getrandom`` call.
+_POOL_SIZE: Final = 32 * 256
+
+
+class _EntropyPool:
+    """32 random bytes per request from a pool refilled by one ``os.urandom`` call.
+
+    Thread-safe (the blocking driver draws from many threads); the pool is dropped
+    in a forked child, so two processes never hand out the same bytes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._offset = 0
+
+    def take(self) -> bytes:
+        with self._lock:
+            offset = self._offset
+            if offset >= len(self._pool):
+                self._pool, offset = os.urandom(_POOL_SIZE), 0
+            self._offset = offset + 32
+            return self._pool[offset : offset + 32]
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._pool, self._offset = b"", 0
+
+
+_entropy_pool = _EntropyPool()
+os.register_at_fork(after_in_child=_entropy_pool.reset)
+
+#: 32 fresh random bytes for a request's ``RequestReceived.entropy``.
+entropy: Final[Callable[[], bytes]] = _entropy_pool.take
 
 
 class ClientBodyError(Exception):

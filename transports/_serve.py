@@ -25,6 +25,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -41,11 +48,30 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         help="trio (default), asyncio, or h11: blocking sockets and a bounded thread pool",
     )
     parser.add_argument(
+        "--header-timeout",
+        type=_positive,
+        default=Timeouts().header,
+        metavar="SECONDS",
+        help="the whole request head must arrive within this long, however slowly it is "
+        "sent (from the accept for a connection's first request, from the head's first "
+        "byte for a later one)",
+    )
+    parser.add_argument(
         "--read-timeout",
         type=_positive,
         default=Timeouts().read,
         metavar="SECONDS",
-        help="a started request (head or body) or a write that stalls this long is cut off",
+        help="a gap this long between the bytes of a request (head or body), or a write "
+        "that stalls this long, cuts the connection off",
+    )
+    parser.add_argument(
+        "--min-body-rate",
+        type=_rate,
+        default=Timeouts().min_body_rate,
+        metavar="BYTES_PER_SECOND",
+        help="the request body must average this rate over the time spent waiting for it, "
+        "after a grace of --read-timeout seconds: it is cut off once the wait passes "
+        "read-timeout + received/rate (0: no minimum)",
     )
     parser.add_argument(
         "--idle-timeout",
@@ -78,7 +104,13 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def timeouts_from(args: argparse.Namespace) -> Timeouts:
-    return Timeouts(read=args.read_timeout, idle=args.idle_timeout)
+    """The :class:`Timeouts` the options of :func:`add_server_arguments` give."""
+    return Timeouts(
+        read=args.read_timeout,
+        idle=args.idle_timeout,
+        header=args.header_timeout,
+        min_body_rate=args.min_body_rate,
+    )
 
 
 def run_driver(

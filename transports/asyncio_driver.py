@@ -5,19 +5,25 @@ connection reads, feeds :class:`ServerConnection`, turns each request head
 into ``RequestReceived``, calls ``gateway.handle`` and carries out each action
 through the executors it shares with the trio driver
 (:mod:`transports._async_driver`). This module is only the asyncio I/O:
-accepting (``asyncio.start_server``), ``_next_event``, ``_send``, ``_close``,
-timeouts (``asyncio.timeout``), signals and shutdown. No policy lives here.
+accepting (``asyncio.start_server``), ``_receive``, ``_send_bytes``, ``_close``,
+signals and shutdown. No policy lives here.
+
+Deadlines (:class:`transports._async_driver.Deadlines`) need no task: the sweep
+runs in one loop timer (``call_at``), re-armed at the next deadline due; a
+connection past its deadline has its task cancelled, and :meth:`_guarded`
+turns that cancellation (and only that one) into the end of the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 from collections.abc import Callable
 from typing import Any
 
-from sapg_core import ConnectionClosed, HTTPEvent, NeedData, ServerLimits
+from sapg_core import ServerLimits
 
 from ._async_driver import AsyncDriver, ClientGone, Connection
 from ._common import GatewayFactory, GatewayLike, Loaded, Reload, Timeouts
@@ -33,12 +39,16 @@ _BACKLOG = 1024
 
 class _Connection(Connection):
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: ServerLimits
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        limits: ServerLimits,
+        backend: str,
     ) -> None:
-        super().__init__(limits, _peer(writer))
+        super().__init__(limits, _peer(writer), backend=backend)
         self.reader = reader
         self.writer = writer
-        self.idle_timeout: asyncio.Timeout | None = None
+        self.task: asyncio.Task[Any] | None = None
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:
@@ -58,6 +68,7 @@ class AsyncioServer(AsyncDriver[_Connection]):
         outbound: Outbound,
         reload: Reload | None = None,
         services: ServiceRegistry | None = None,
+        http: str = "httptools",
     ) -> None:
         super().__init__(
             gateway=gateway,
@@ -66,8 +77,11 @@ class AsyncioServer(AsyncDriver[_Connection]):
             outbound=outbound,
             reload=reload,
             services=services,
+            http=http,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop = asyncio.get_running_loop()
+        self._sweep_timer: asyncio.TimerHandle | None = None
 
     async def run(
         self, listeners: list[asyncio.Server], shutdown: asyncio.Event, *, grace: float
@@ -85,15 +99,13 @@ class AsyncioServer(AsyncDriver[_Connection]):
             for listener in listeners:
                 listener.close()
             await asyncio.sleep(0)  # let connections accepted just now register
-            self.is_draining = True
-            for conn in self._connections:
-                conn.http.stop_keep_alive()
-                if conn.idle_timeout is not None:
-                    conn.idle_timeout.reschedule(loop.time())  # wake it: it closes
+            self._stop_idle()
             await self._finish(grace)
         finally:
             if self.reload is not None:
                 loop.remove_signal_handler(signal.SIGHUP)
+            if self._sweep_timer is not None:
+                self._sweep_timer.cancel()
 
     async def _finish(self, grace: float) -> None:
         """Wait for the connections' tasks; cancel those still running after ``grace``."""
@@ -126,48 +138,55 @@ class AsyncioServer(AsyncDriver[_Connection]):
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        await self._serve(_Connection(reader, writer, self.limits))
+        await self._serve(_Connection(reader, writer, self.limits, self.http))
 
     # -- the backend's I/O ---------------------------------------------------------------
 
-    async def _next_event(self, conn: _Connection) -> HTTPEvent:
-        """The next event, reading as needed; a read timeout or dead socket is ConnectionClosed."""
-        while True:
-            event = conn.http.next_event()
-            if not isinstance(event, NeedData):
-                return event
-            idle = conn.http.is_idle
-            if idle and self.is_draining:
-                return ConnectionClosed()
-            data = None
-            try:
-                async with asyncio.timeout(
-                    self.timeouts.idle if idle else self.timeouts.read
-                ) as scope:
-                    conn.idle_timeout = scope if idle else None
-                    data = await conn.reader.read(_RECEIVE_SIZE)
-            except OSError:  # TimeoutError is one: timed out, or woken at shutdown
-                pass
-            conn.idle_timeout = None
-            if data is None:  # timed out, reset, or shut down
-                conn.is_broken = True
-                return ConnectionClosed()
-            conn.http.receive_data(data)
+    async def _guarded(self, conn: _Connection) -> None:
+        task = conn.task = asyncio.current_task()
+        try:
+            await self._serve_requests(conn)
+        except asyncio.CancelledError:
+            if not conn.is_expired or task is None or task.uncancel():
+                raise  # not (only) our cut-off: shutdown, or a hard stop
+            conn.is_broken = True
+        finally:
+            conn.task = None
 
-    async def _send(self, conn: _Connection, data: bytes) -> None:
-        if not data:
-            return
+    def _now(self) -> float:
+        return self._loop.time()
+
+    def _expire(self, conn: _Connection) -> None:
+        if conn.task is not None:
+            conn.task.cancel()
+
+    def _wake_sweeper(self, when: float) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        self._sweep_timer = self._loop.call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_timer = None
+        next_wake = self._deadlines.sweep(self._loop.time())
+        if next_wake < math.inf:
+            self._sweep_timer = self._loop.call_at(next_wake, self._sweep)
+
+    async def _receive(self, conn: _Connection) -> bytes | None:
+        try:
+            return await conn.reader.read(_RECEIVE_SIZE)
+        except OSError:
+            return None
+
+    async def _send_bytes(self, conn: _Connection, data: bytes) -> None:
         transport = conn.writer.transport
         if not transport.is_closing():
             try:
                 conn.writer.write(data)
                 if transport.get_write_buffer_size():  # only then can drain() wait
-                    async with asyncio.timeout(self.timeouts.read):
-                        await conn.writer.drain()
+                    await conn.writer.drain()
                 return
-            except (OSError, RuntimeError):  # reset, stalled past the timeout, closed
+            except (OSError, RuntimeError):  # reset, closed
                 pass
-        conn.http.stop_keep_alive()
         raise ClientGone
 
     async def _close(self, conn: _Connection) -> None:
@@ -199,6 +218,7 @@ async def serve(
     grace: float = 10.0,
     outbound: Outbound | None = None,
     services: ServiceRegistry | None = None,
+    http: str = "httptools",
 ) -> None:
     """Serve until ``shutdown`` is set, then shut down gracefully and return.
 
@@ -215,6 +235,7 @@ async def serve(
             and let in-flight requests finish; those still running after
             ``grace`` seconds are cancelled.
         outbound: the upstream executor (default: a fresh pool, closed on return).
+        http: the request parser, one of :data:`sapg_core.PARSER_BACKENDS`.
     """
     if (gateway is None) == (gateway_factory is None):
         raise TypeError("give exactly one of gateway and gateway_factory")
@@ -242,6 +263,7 @@ async def serve(
             outbound=outbound,
             reload=reload,
             services=services,
+            http=http,
         )
         await listener.start_serving()
         if on_ready is not None:
@@ -265,6 +287,7 @@ def run(
     on_ready: Callable[[str, int], None] | None = None,
     grace: float = 10.0,
     services: ServiceRegistry | None = None,
+    http: str = "httptools",
 ) -> int:
     """Run :func:`serve` until SIGINT or SIGTERM, then shut down gracefully.
 
@@ -303,6 +326,7 @@ def run(
                 shutdown=shutdown,
                 grace=grace,
                 services=services,
+                http=http,
             )
         except asyncio.CancelledError:
             return False

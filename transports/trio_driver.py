@@ -7,7 +7,13 @@ outcome back. No policy lives here: statuses, CORS and auth are the core's.
 
 The request half (the loop, the executors) is shared with the asyncio driver
 in :mod:`transports._async_driver`; this module is the trio I/O: accepting,
-``_next_event``, ``_send``, ``_close``, timeouts, signals and shutdown.
+``_receive``, ``_send_bytes``, ``_close``, signals and shutdown. Each connection
+runs inside one cancel scope, entered once; the server's sweeper task cancels it
+when the connection's deadline passes (see :class:`transports._async_driver.Deadlines`).
+
+The trio-asyncio loop that asyncio services run on is opened only when the
+services loaded at start-up need it (:func:`needs_asyncio`); without one, a
+service that turns out to be asyncio code still runs, on a loop opened for its call.
 """
 
 from __future__ import annotations
@@ -20,29 +26,24 @@ from collections.abc import AsyncIterator, Callable
 import trio
 import trio_asyncio
 
-from sapg_core import (
-    ConnectionClosed,
-    HTTPEvent,
-    NeedData,
-    ServerLimits,
-)
+from sapg_core import ServerLimits
 
 from ._async_driver import AsyncDriver, ClientGone, Connection
 from ._common import GatewayFactory, GatewayLike, Loaded, Reload, Timeouts
-from ._outbound import Outbound
+from ._outbound import Outbound, UpstreamBody
 from ._services import ServiceRegistry
 
-__all__ = ["TrioServer", "run", "serve"]
+__all__ = ["TrioServer", "needs_asyncio", "run", "serve"]
 
 logger = logging.getLogger("sapg")
 _RECEIVE_SIZE = 65536
 
 
 class _Connection(Connection):
-    def __init__(self, stream: trio.SocketStream, limits: ServerLimits) -> None:
-        super().__init__(limits, _peer(stream))
+    def __init__(self, stream: trio.SocketStream, limits: ServerLimits, backend: str) -> None:
+        super().__init__(limits, _peer(stream), backend=backend)
         self.stream = stream
-        self.idle_scope: trio.CancelScope | None = None
+        self.scope = trio.CancelScope()
 
 
 def _peer(stream: trio.SocketStream) -> str:
@@ -64,6 +65,7 @@ class TrioServer(AsyncDriver[_Connection]):
         With a ``reload``, SIGHUP swaps the gateway meanwhile (main thread only).
         """
         async with trio.open_nursery() as system:
+            system.start_soon(self._sweeper)
             if self.reload is not None:
                 await system.start(self._watch_reload)
             async with trio.open_nursery() as connections:
@@ -74,13 +76,17 @@ class TrioServer(AsyncDriver[_Connection]):
                     acceptors.cancel_scope.cancel()
                 for listener in listeners:
                     await listener.aclose()
-                self.is_draining = True
-                for conn in self._connections:
-                    conn.http.stop_keep_alive()
-                    if conn.idle_scope is not None:
-                        conn.idle_scope.cancel()
+                self._stop_idle()
                 connections.cancel_scope.deadline = trio.current_time() + grace
             system.cancel_scope.cancel()
+
+    async def _sweeper(self) -> None:
+        """Cut off the connections past their deadline; sleep until the next one is due."""
+        self._sweep_scope = trio.CancelScope()
+        while True:
+            next_wake = self._deadlines.sweep(trio.current_time())
+            with trio.CancelScope(deadline=next_wake) as self._sweep_scope:
+                await trio.sleep_forever()
 
     async def _watch_reload(self, *, task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(signal.SIGHUP) as signals:
@@ -100,41 +106,41 @@ class TrioServer(AsyncDriver[_Connection]):
             nursery.start_soon(self._serve_connection, stream)
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        await self._serve(_Connection(stream, self.limits))
+        await self._serve(_Connection(stream, self.limits, self.http))
 
     # -- the backend's I/O ---------------------------------------------------------------
 
-    async def _next_event(self, conn: _Connection) -> HTTPEvent:
-        """The next event, reading as needed; a read timeout or dead socket is ConnectionClosed."""
-        while True:
-            event = conn.http.next_event()
-            if not isinstance(event, NeedData):
-                return event
-            idle = conn.http.is_idle
-            if idle and self.is_draining:
-                return ConnectionClosed()
-            data = None
-            with trio.move_on_after(self.timeouts.idle if idle else self.timeouts.read) as scope:
-                conn.idle_scope = scope if idle else None
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = await conn.stream.receive_some(_RECEIVE_SIZE)
-            conn.idle_scope = None
-            if data is None:  # timed out, reset, or shut down
-                conn.is_broken = True
-                return ConnectionClosed()
-            conn.http.receive_data(data)
+    async def _guarded(self, conn: _Connection) -> None:
+        with conn.scope:
+            await self._serve_requests(conn)
 
-    async def _send(self, conn: _Connection, data: bytes) -> None:
-        if not data:
+    def _now(self) -> float:
+        return trio.current_time()
+
+    def _expire(self, conn: _Connection) -> None:
+        conn.scope.cancel()
+
+    def _wake_sweeper(self, when: float) -> None:
+        self._sweep_scope.deadline = when
+
+    async def _receive(self, conn: _Connection) -> bytes | None:
+        try:
+            return await conn.stream.receive_some(_RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+
+    async def _send_bytes(self, conn: _Connection, data: bytes) -> None:
+        try:
+            await conn.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ClientGone from None
+
+    async def _release(self, conn: _Connection, upstream: UpstreamBody) -> None:
+        if not conn.scope.cancel_called:
+            await upstream.aclose()
             return
-        with trio.move_on_after(self.timeouts.read):
-            try:
-                await conn.stream.send_all(data)
-                return
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        conn.http.stop_keep_alive()
-        raise ClientGone
+        with trio.CancelScope(shield=True), trio.move_on_after(self.timeouts.linger):
+            await upstream.aclose()  # cut off: still close the upstream answer properly
 
     async def _close(self, conn: _Connection) -> None:
         """Close, first reading what the client still sends so the close is not a reset."""
@@ -147,6 +153,16 @@ class TrioServer(AsyncDriver[_Connection]):
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
         await conn.stream.aclose()
+
+
+def needs_asyncio(services: ServiceRegistry) -> bool:
+    """Whether ``services`` hold code that may be asyncio's: any loaded service or binding
+    object not marked :func:`transports.trio_native` as a whole."""
+    return any(
+        not getattr(found, "__sapg_trio_native__", False)
+        for table in (services.services, services.bindings)
+        for found in table.values()
+    )
 
 
 async def serve(
@@ -163,12 +179,13 @@ async def serve(
     grace: float = 10.0,
     outbound: Outbound | None = None,
     services: ServiceRegistry | None = None,
+    http: str = "httptools",
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown`` is set, then shut down gracefully and return.
 
-    Serving runs inside a trio-asyncio loop (unless the caller opened one), so asyncio
-    services share one asyncio loop across calls.
+    When the services need one (:func:`needs_asyncio`), serving runs inside a trio-asyncio
+    loop (unless the caller opened one), so asyncio services share one asyncio loop across calls.
 
     Args:
         gateway: the core to drive; or ``gateway_factory(host, port)`` builds it
@@ -183,6 +200,7 @@ async def serve(
             and let in-flight requests finish; those still running after
             ``grace`` seconds are cancelled.
         outbound: the upstream executor (default: a fresh pool, closed on return).
+        http: the request parser, one of :data:`sapg_core.PARSER_BACKENDS`.
         task_status: for ``nursery.start``, which returns the bound host and port.
     """
     if (gateway is None) == (gateway_factory is None):
@@ -204,9 +222,10 @@ async def serve(
         outbound=outbound,
         reload=reload,
         services=services,
+        http=http,
     )
     try:
-        async with _asyncio_loop():
+        async with _asyncio_loop(needs_asyncio(server.services)):
             if on_ready is not None:
                 on_ready(bound_host, bound_port)
             task_status.started((bound_host, bound_port))
@@ -217,9 +236,9 @@ async def serve(
 
 
 @contextlib.asynccontextmanager
-async def _asyncio_loop() -> AsyncIterator[None]:
-    """A trio-asyncio loop for asyncio services, unless the caller already runs one."""
-    if trio_asyncio.current_loop.get() is not None:
+async def _asyncio_loop(needed: bool) -> AsyncIterator[None]:
+    """A trio-asyncio loop for asyncio services if ``needed``, unless the caller runs one."""
+    if not needed or trio_asyncio.current_loop.get() is not None:
         yield
         return
     async with trio_asyncio.open_loop():
@@ -238,6 +257,7 @@ def run(
     on_ready: Callable[[str, int], None] | None = None,
     grace: float = 10.0,
     services: ServiceRegistry | None = None,
+    http: str = "httptools",
 ) -> int:
     """Run :func:`serve` until SIGINT or SIGTERM, then shut down gracefully.
 
@@ -264,6 +284,7 @@ def run(
                 shutdown=shutdown,
                 grace=grace,
                 services=services,
+                http=http,
             )
             finished = True
             nursery.cancel_scope.cancel()

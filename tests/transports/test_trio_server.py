@@ -384,18 +384,32 @@ async def test_read_body_with_expect_continue() -> None:
 
 
 @trio_test
-async def test_stalled_request_is_cut_off_after_the_read_timeout() -> None:
+async def test_a_head_is_cut_off_at_the_header_timeout_and_a_stalled_body_at_the_read_timeout() -> (
+    None
+):
     gateway = StandIn()
-    timeouts = Timeouts(read=0.3, idle=30, linger=0.1)
+    timeouts = Timeouts(read=0.3, idle=30, header=0.8, linger=0.1)
     async with running(gateway, timeouts=timeouts) as server:
-        head = await Client.connect(server.port)
-        await head.send(b"GET / HTTP/1.1\r\nHost: t\r\n")  # the head never ends
+        stalled = await Client.connect(server.port)
+        await stalled.send(b"GET / HTTP/1.1\r\nHost: t\r\n")  # then nothing: a gap over read
         started = trio.current_time()
-        assert await head.is_closed_within(5)
-        assert 0.25 < trio.current_time() - started < 3
+        assert await stalled.is_closed_within(5)
+        assert 0.25 < trio.current_time() - started < 0.75
+
+        dribbled = await Client.connect(server.port)
+        started = trio.current_time()
+        with trio.move_on_after(5), contextlib.suppress(trio.BrokenResourceError):
+            for byte in b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 100:
+                await dribbled.send(bytes([byte]))  # every gap well under the read timeout
+                await trio.sleep(0.1)
+        assert await dribbled.is_closed_within(5)
+        assert 0.7 < trio.current_time() - started < 3  # the whole head was due in 0.8 s
+
         body = await Client.connect(server.port)
         await body.send(b"POST /read HTTP/1.1\r\nHost: t\r\nContent-Length: 50\r\n\r\nonly ten..")
+        started = trio.current_time()
         assert await body.is_closed_within(5)
+        assert 0.25 < trio.current_time() - started < 3
     assert isinstance(gateway.events[-1], RequestAborted)
 
 
