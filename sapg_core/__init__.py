@@ -27,6 +27,18 @@ from ._auth0 import (
     Auth0Authenticator as Auth0Authenticator,
     LoginState as LoginState,
 )
+from ._client import (
+    ClientConnection as ClientConnection,
+    ClientEvent as ClientEvent,
+    ParserBackend as ParserBackend,
+    ResponseData as ResponseData,
+    ResponseEnd as ResponseEnd,
+    ResponseHead as ResponseHead,
+    ResponsePending as ResponsePending,
+    UpstreamProtocolError as UpstreamProtocolError,
+    UpstreamTarget as UpstreamTarget,
+    split_upstream_url as split_upstream_url,
+)
 from ._config import (
     CompileResult as CompileResult,
     ConfigError as ConfigError,
@@ -102,6 +114,17 @@ from ._model import (
     Severity as Severity,
     SupabaseAuthorizer as SupabaseAuthorizer,
     UnknownAuthorizer as UnknownAuthorizer,
+)
+from ._pool import (
+    ConnectionPool as ConnectionPool,
+    Open as Open,
+    Origin as Origin,
+    PooledConnection as PooledConnection,
+    PoolLimits as PoolLimits,
+    Reuse as Reuse,
+    Ticket as Ticket,
+    Wait as Wait,
+    may_retry as may_retry,
 )
 from ._routing import (
     RouteMatch as RouteMatch,
