@@ -1,9 +1,9 @@
 """Developer sessions: tests, lint, typecheck, bench.
 
-    nox -s tests       # the whole suite (core + loopback transport tests)
-    nox -s lint        # ruff check + ruff format --check
-    nox -s typecheck   # mypy (strict on sapg_core and transports)
-    nox -s bench       # benchmarks; writes bench-results/, docs/benchmarks.png, prints ratios
+nox -s tests       # the whole suite (core + loopback transport tests)
+nox -s lint        # ruff check + ruff format --check
+nox -s typecheck   # mypy (strict on sapg_core and transports)
+nox -s bench       # benchmarks; writes bench-results/, docs/benchmarks.png, prints ratios
 """
 
 from __future__ import annotations
@@ -35,11 +35,24 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Measure against same-run baselines; draw docs/benchmarks.png. Needs wrk (apt-get)."""
+    """Issue 8's figures against same-run baselines; draws docs/benchmarks.png.
+
+    wrk and nginx come from apt (``apt-get update`` once, then install) when
+    either is missing; that needs root. uvloop and httpx (the Python anchor
+    proxy), matplotlib and py-spy are installed here only: they are not sapg
+    dependencies. ``nox -s bench -- --quick`` is a smoke test; ``--only
+    static,proxy`` runs some parts (see benchmarks/run.py and docs/benchmarks.md).
+    """
+    import os
     import shutil
 
-    if shutil.which("wrk") is None:
-        session.run("apt-get", "install", "-y", "-q", "wrk", external=True)
-    # [asgi]: uvicorn + httptools for the ASGI driver case; matplotlib for the chart
-    session.install("-e", ".[asgi]", "matplotlib")
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+    )
+    if shutil.which("wrk") is None or nginx is None:
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-q", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-q", "wrk", "nginx", external=True, env=env)
+    # [asgi]: uvicorn + httptools for the ASGI driver and the anchors
+    session.install("-e", ".[asgi]", "matplotlib", "uvloop", "httpx", "py-spy")
     session.run("python", "benchmarks/run.py", *session.posargs)

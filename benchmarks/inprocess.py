@@ -35,11 +35,13 @@ from bench_config import (  # noqa: E402
 from sapg_core import (  # noqa: E402
     ForwardUpstream,
     Gateway,
+    RelayResponse,
     RequestAborted,
     RequestReceived,
     Respond,
     RouteTable,
     ServerConnection,
+    UpstreamResponded,
     compile_config,
 )
 from tests.core._reference_routing import winner as reference_winner  # noqa: E402
@@ -237,10 +239,61 @@ def core_benchmarks(*, rounds: int, min_time: float) -> dict[str, dict[str, floa
         after=_abort_pending(gateway, issued),
         **timing,
     )
+    out["proxy_round_trip"] = _measure(_proxy_round_trip(gateway), **timing)
     out["event_only"] = _measure(_event_only(), **timing)
     # A fresh token per request: the signature check itself (short rounds, tokens are finite).
     out["hs256_uncached"] = _measure(uncached, rounds=rounds, min_time=min(min_time, 0.1))
     return out
+
+
+#: What the nginx upstream of the HTTP benchmarks answers with (names lower-cased).
+NGINX_HEADERS = (
+    ("server", "nginx/1.22.1"),
+    ("date", _DATE),
+    ("content-type", "application/json"),
+    ("content-length", "15"),
+    ("connection", "keep-alive"),
+)
+
+
+def _proxy_round_trip(gateway: Gateway) -> Callable[[int], None]:
+    """A proxied request's two decisions: to ``ForwardUpstream``, then to ``RelayResponse``.
+
+    Both events are built in the loop, as a driver builds them; nothing is left pending.
+    """
+    next_id = [1_000_000_000]
+    first = gateway.handle(
+        RequestReceived(
+            request_id=999_999_999, method="GET", target="/proxy/x", headers=WRK_HEADERS, now=NOW
+        )
+    )
+    second = gateway.handle(
+        UpstreamResponded(request_id=999_999_999, status=200, headers=NGINX_HEADERS, now=NOW)
+    )
+    relayed = isinstance(first[-1], ForwardUpstream) and isinstance(second[-1], RelayResponse)
+    if not relayed or gateway.pending_count:
+        raise SystemExit(f"bench sanity check failed for a proxied request: {first} {second}")
+
+    def step(n: int) -> None:
+        handle = gateway.handle
+        first = next_id[0]
+        next_id[0] = first + n
+        for request_id in range(first, first + n):
+            handle(
+                RequestReceived(
+                    request_id=request_id,
+                    method="GET",
+                    target="/proxy/orders/42?expand=lines",
+                    headers=WRK_HEADERS,
+                    now=NOW,
+                    entropy=ENTROPY,
+                )
+            )
+            handle(
+                UpstreamResponded(request_id=request_id, status=200, headers=NGINX_HEADERS, now=NOW)
+            )
+
+    return step
 
 
 def _event_only() -> Callable[[int], None]:

@@ -1,432 +1,529 @@
-"""sapg benchmarks, each against a baseline measured in the same run.
+"""sapg benchmarks for issue 8, each figure against its baseline measured in the same run.
 
-    python benchmarks/run.py            # the full suite (about 6 minutes)
-    python benchmarks/run.py --quick    # a smoke test (about 1.5 minutes)
-    python benchmarks/run.py --profile  # also profile the sapg server under load (+40 s)
+    python benchmarks/run.py                       # everything (about 17 minutes)
+    python benchmarks/run.py --quick               # a smoke test (about 3 minutes)
+    python benchmarks/run.py --only static,proxy   # some parts (inprocess, static, proxy, latency)
+    nox -s bench -- --quick                        # the same through nox (installs wrk, nginx, ...)
 
-1. HTTP, with wrk: sapg's trio server on a static route vs. a bare trio + h11
-   server (benchmarks/bare_trio_h11.py); servers pinned to one CPU, wrk to another.
-2. HTTP, with wrk: an HS256-protected route vs. the static route, same server.
-3. In-process (benchmarks/inprocess.py): core decisions per second, no sockets.
-4. In-process: RouteTable.match at 10, 1,000 and 10,000 routes vs. a linear scan.
-5. Drivers (benchmarks/drivers.py): the trio, asyncio, blocking and ASGI (uvicorn)
-   drivers, a static and a proxied route, each vs. its own bare baseline.
+Parts:
 
-Prints a table, writes the raw numbers to bench-results/results.json and draws
-docs/benchmarks.png (benchmarks/chart.py; needs matplotlib, else skipped with a
-note). Needs wrk and taskset (``apt-get install wrk``; taskset is in
-util-linux); without taskset, or with fewer than 2 CPUs, it runs unpinned and
-says so. The driver part needs uvicorn and httptools (``pip install -e .[asgi]``).
+``static``  wrk -t1 -c50 on a static route, ``sapg serve`` with its defaults (access log on):
+            trio vs. bare trio + h11, asyncio vs. bare asyncio + h11, the ASGI adapter under
+            uvicorn + httptools vs. a bare ASGI app under the same uvicorn, the blocking driver
+            vs. bare blocking h11; the HS256 route vs. the static route (same trio server);
+            ``--http h11`` on trio too when the CLI has that option.
+``proxy``   wrk -t1 -c50 on a proxied route (``http_proxy`` to an nginx returning a fixed body):
+            the gateway's CPU per request over the CPU per request of one bare trio + h11
+            answer (measured in the same rounds); the anchors: a Python reverse proxy as a user
+            would write it (``anchor_httpx_proxy.py``: uvicorn + uvloop + httptools + httpx) and
+            nginx as a keep-alive reverse proxy.
+``latency`` wrk -t1 -c1: the p50 added by the hop (p50 through the proxy minus p50 of the
+            nginx upstream called directly), for sapg and the anchors.
+``inprocess`` no sockets (``inprocess.py``): core decisions/s, routing at 10 vs. 10,000 routes,
+            a proxied request's decisions.
+
+Servers are pinned to CPU 0 and wrk (and the nginx upstream) to CPU 1 with taskset; the cases
+of a part run in alternated rounds (A B C, then C B A). Prints a table of figure / measured /
+target / verdict, writes every raw number to ``bench-results/results.json`` and redraws
+``docs/benchmarks.png`` (``chart.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import hashlib
-import http.client
 import importlib.metadata
 import json
 import os
 import platform
-import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from bench_config import CONFIG, STATIC_BODY, hs256_token
+import harness
+from bench_config import CONFIG, hs256_token
+from harness import HERE, HOST, OUT, ROOT, Case, Load
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-OUT = ROOT / "bench-results"
-HOST = "127.0.0.1"
-
-TARGETS = {  # what each goal must reach; see docs/benchmarks.md
-    "static_vs_bare": 0.85,
-    "hs256_vs_static": 0.80,
-    "core_static_per_second": 100_000,
-    "routing_10000_vs_10": 1.5,
-    "asyncio_static_vs_bare": 0.85,  # the same as drivers.TARGETS
-    "asgi_static_vs_bare": 0.75,
-}
 CHART = ROOT / "docs" / "benchmarks.png"
+PARTS = ("inprocess", "static", "proxy", "latency")
 
-#: A wrk run whose server used less CPU than this had company on the CPUs.
-CONTENDED = 0.9
+#: Issue 8, item 7: (comparison, limit); "report" figures have no target.
+TARGETS: dict[str, tuple[str, float]] = {
+    "trio_static_vs_bare": (">=", 1.2),
+    "asyncio_static_vs_bare": (">=", 1.1),
+    "asgi_static_vs_bare": (">=", 0.75),
+    "hs256_vs_static": (">=", 0.8),
+    "proxy_cpu_vs_bare_answer": ("<=", 2.0),
+    "proxy_added_p50_ms": ("<=", 0.45),
+    "routing_10000_vs_10": (">=", 0.9),
+    "core_static_per_second": (">=", 100_000),
+}
 #: An in-process case whose median round is this much slower than its best was disturbed.
 NOISY_SPREAD = 1.15
 
-_live: list[subprocess.Popen[bytes]] = []
+
+# -- configs -----------------------------------------------------------------------------
 
 
-# -- processes -------------------------------------------------------------------------
+def _write_config(name: str, upstream: str) -> Path:
+    """The shared benchmark config with its proxied route aimed at ``upstream``."""
+    config = json.loads(json.dumps(CONFIG))
+    config["servers"] = [{"alias": "upstream", "url": upstream}]
+    path = OUT / f"{name}-config.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
 
 
-def _pin(cpu: int | None) -> list[str]:
-    return [] if cpu is None else ["taskset", "-c", str(cpu)]
+def _has_http_option() -> bool:
+    return "--http " in harness.sapg_help() or "--http {" in harness.sapg_help()
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (sapg shuts down gracefully), then SIGKILL after 5 s."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    with contextlib.suppress(ValueError):
-        _live.remove(proc)
+# -- static ------------------------------------------------------------------------------
 
 
-def _stop_all() -> None:
-    for proc in list(_live):
-        _stop(proc)
+def static_part(args: argparse.Namespace) -> dict[str, Any]:
+    """Static route per driver vs. its bare baseline, and HS256 vs. static."""
+    config = _write_config("static", "http://127.0.0.1:9")
+    cpu = args.server_cpu
+    token = hs256_token()
+    h11_variant = args.http_h11 and _has_http_option()
+    cases: list[Case] = []
+    with contextlib.ExitStack() as stack:
+
+        def start(name: str, argv: list[str], kind: str, path: str = "/health", **kw: Any) -> int:
+            port, pid = stack.enter_context(harness.server(name, argv, cpu, **kw))
+            cases.append(Case(name, f"http://{HOST}:{port}{path}", pid, kind))
+            return pid
+
+        start("bare_trio", [sys.executable, str(HERE / "bare_trio_h11.py"), "--port", "0"], "bare")
+        pid = start("trio_static", harness.sapg_argv(config, None), "static")
+        hs = Case("trio_hs256", cases[-1].url.replace("/health", "/private"), pid, "static")
+        hs.headers = [f"Authorization: Bearer {token}"]
+        cases.append(hs)
+        if h11_variant:
+            start(
+                "trio_http_h11_static", harness.sapg_argv(config, None, "--http", "h11"), "static"
+            )
+        start(
+            "bare_asyncio",
+            [sys.executable, str(HERE / "bare_asyncio_h11.py"), "--port", "0"],
+            "bare",
+        )
+        start("asyncio_static", harness.sapg_argv(config, "asyncio"), "static")
+        loop = ("--loop", args.asgi_loop)  # explicit: uvicorn's "auto" picks uvloop if present
+        start(
+            "bare_asgi",
+            harness.uvicorn_argv("bare_asgi:app", "--app-dir", str(HERE), *loop),
+            "bare",
+        )
+        start(
+            "asgi_static",
+            harness.uvicorn_argv("transports.asgi:create_app", "--factory", *loop),
+            "static",
+            env={"SAPG_CONFIG": str(config)},  # SAPG_LOG_LEVEL unset: its default, access log on
+        )
+        if not args.no_blocking:
+            bare_blocking = [sys.executable, str(HERE / "bare_blocking_h11.py"), "--port", "0"]
+            start("bare_blocking", bare_blocking, "bare")
+            start("blocking_static", harness.sapg_argv(config, "h11"), "static")
+        for case in cases:
+            harness.check(case)
+        harness.check(Case("no token", hs.url, hs.pid, "static"), expect=401)
+        runs = harness.measure_rounds(cases, _load(args, 50), args.repeats, "static")
+    return {"runs": runs, "medians": harness.medians(runs), "http_h11_variant": h11_variant}
+
+
+# -- proxy -------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def server(name: str, argv: list[str], cpu: int | None) -> Iterator[tuple[int, int]]:
-    """Start a server that prints ``listening on http://HOST:PORT``; yield (port, pid)."""
-    log_path = OUT / f"{name}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [*_pin(cpu), *argv],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
+def _proxies(args: argparse.Namespace, name: str) -> Any:
+    """The nginx upstream (load CPU) and every proxy in front of it (server CPU)."""
+    cpu = args.server_cpu
+    h11_variant = args.http_h11 and _has_http_option()
+    with contextlib.ExitStack() as stack:
+        up_port, up_pid = stack.enter_context(harness.nginx(f"{name}-upstream", args.client_cpu))
+        upstream = f"http://{HOST}:{up_port}"
+        config = _write_config(name, upstream)
+        cases = [Case("upstream_direct", f"{upstream}/x", up_pid, "direct")]
+
+        def start(case: str, ready: Any) -> None:
+            port, pid = stack.enter_context(ready)
+            cases.append(Case(case, f"http://{HOST}:{port}/proxy/x", pid, "proxied"))
+
+        start("trio_proxied", harness.server(f"{name}-trio", harness.sapg_argv(config, None), cpu))
+        if h11_variant:
+            argv = harness.sapg_argv(config, None, "--http", "h11")
+            start("trio_http_h11_proxied", harness.server(f"{name}-trio-h11", argv, cpu))
+        argv = harness.sapg_argv(config, "asyncio")
+        start("asyncio_proxied", harness.server(f"{name}-asyncio", argv, cpu))
+        if args.all_drivers:
+            argv = harness.sapg_argv(config, "h11")
+            start("blocking_proxied", harness.server(f"{name}-blocking", argv, cpu))
+            argv = harness.uvicorn_argv(
+                "transports.asgi:create_app", "--factory", "--loop", args.asgi_loop
+            )
+            ready = harness.server(f"{name}-asgi", argv, cpu, env={"SAPG_CONFIG": str(config)})
+            start("asgi_proxied", ready)
+        anchor = harness.uvicorn_argv(
+            "anchor_httpx_proxy:app", "--app-dir", str(HERE), "--loop", "uvloop"
         )
-    _live.append(proc)
-    try:
-        yield _wait_ready(proc, log_path), proc.pid
-    finally:
-        _stop(proc)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 30.0) -> int:
-    deadline = time.monotonic() + timeout
-    pattern = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
-    while time.monotonic() < deadline:
-        found = pattern.search(log_path.read_bytes())
-        if found:
-            return int(found.group(1))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    tail = log_path.read_bytes()[-2000:].decode("utf-8", "replace")
-    raise SystemExit(f"server {proc.args} did not start:\n{tail}")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (0 where /proc is missing)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-# -- wrk -------------------------------------------------------------------------------
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def parse_wrk(text: str) -> dict[str, float]:
-    """Requests/s, latency percentiles (ms), totals and errors from ``wrk --latency``."""
-    out: dict[str, float] = {}
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    if rps is None:
-        raise ValueError(f"no Requests/sec in wrk output:\n{text}")
-    out["requests_per_second"] = float(rps.group(1))
-    for pct, value, unit in re.findall(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M):
-        out[f"p{pct}_ms"] = float(value) * _UNITS[unit]
-    total = re.search(r"(\d+) requests in", text)
-    out["requests"] = float(total.group(1)) if total else 0.0
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    out["non_2xx"] = float(bad.group(1)) if bad else 0.0
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
-    )
-    out["socket_errors"] = float(sum(map(int, errors.groups()))) if errors else 0.0
-    return out
-
-
-def wrk(url: str, args: argparse.Namespace, *, seconds: float, headers: list[str]) -> str:
-    cmd = [*_pin(args.client_cpu), "wrk", f"-t{args.threads}", f"-c{args.connections}"]
-    cmd += [f"-d{seconds:g}s", "--latency"]
-    for header in headers:
-        cmd += ["-H", header]
-    done = subprocess.run(
-        [*cmd, url], capture_output=True, text=True, timeout=seconds + 30, check=False
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-    return done.stdout
-
-
-def measure(case: dict, args: argparse.Namespace) -> dict[str, float]:
-    """One warm-up plus one measured wrk run against ``case``; adds server CPU per request."""
-    wrk(case["url"], args, seconds=args.warmup, headers=case["headers"])
-    load = os.getloadavg()[0]
-    cpu_before = _cpu_seconds(case["pid"])
-    text = wrk(case["url"], args, seconds=args.duration, headers=case["headers"])
-    cpu = _cpu_seconds(case["pid"]) - cpu_before
-    result = parse_wrk(text)
-    result["server_cpu_us_per_request"] = cpu / max(result["requests"], 1) * 1e6
-    result["server_cpu_busy"] = cpu / args.duration
-    result["loadavg_1m_before"] = load
-    if result["non_2xx"] or result["socket_errors"]:
-        print(
-            f"  warning: {case['name']}: {result['non_2xx']:.0f} non-2xx, "
-            f"{result['socket_errors']:.0f} socket errors",
-            file=sys.stderr,
+        ready = harness.server(
+            f"{name}-anchor-httpx", anchor, cpu, env={"ANCHOR_UPSTREAM": upstream}
         )
-    return result
+        start("anchor_httpx_proxied", ready)
+        start("anchor_nginx_proxied", harness.nginx(f"{name}-anchor-nginx", cpu, upstream=up_port))
+        for case in cases:
+            harness.check(case)
+        yield stack, cases
 
 
-def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=5)
-    try:
-        conn.request("GET", path, headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
+def proxy_part(args: argparse.Namespace) -> dict[str, Any]:
+    """wrk -c50 on the proxied route: CPU per request, against one bare trio + h11 answer."""
+    with _proxies(args, "proxy") as (stack, cases):
+        argv = [sys.executable, str(HERE / "bare_trio_h11.py"), "--port", "0"]
+        port, pid = stack.enter_context(harness.server("proxy-bare-trio", argv, args.server_cpu))
+        bare = Case("bare_trio", f"http://{HOST}:{port}/health", pid, "bare")
+        harness.check(bare)
+        runs = harness.measure_rounds([bare, *cases], _load(args, 50), args.repeats, "proxy")
+    return {"runs": runs, "medians": harness.medians(runs)}
 
 
-def check_answers(cases: list[dict]) -> None:
-    """Every case answers 200 with the 15-byte body; /private refuses a missing token."""
-    for case in cases:
-        headers = dict(h.split(": ", 1) for h in case["headers"])
-        status, body = _get(case["port"], case["path"], headers)
-        if (status, body) != (200, STATIC_BODY):
-            raise SystemExit(f"{case['name']}: expected 200 {STATIC_BODY!r}, got {status} {body!r}")
-        if case["headers"]:
-            status, _ = _get(case["port"], case["path"], {})
-            if status != 401:
-                raise SystemExit(f"{case['name']}: expected 401 without a token, got {status}")
+def latency_part(args: argparse.Namespace) -> dict[str, Any]:
+    """wrk -t1 -c1: what the hop adds to p50, one request at a time."""
+    with _proxies(args, "latency") as (_, cases):
+        runs = harness.measure_rounds(cases, _load(args, 1), args.repeats, "latency")
+    return {"runs": runs, "medians": harness.medians(runs)}
 
 
-def http_benchmarks(args: argparse.Namespace) -> dict:
-    token = hs256_token()
-    bare_argv = [sys.executable, str(HERE / "bare_trio_h11.py"), "--port", "0"]
-    # The access log is off (--log-level warning) except in sapg_logged, which shows its cost.
-    with (
-        server("bare", bare_argv, args.server_cpu) as (bare_port, bare_pid),
-        server("sapg", _sapg_argv(), args.server_cpu) as (sapg_port, sapg_pid),
-        server("sapg-logged", _sapg_argv(log_level="info"), args.server_cpu) as (log_port, log_pid),
-    ):
-        cases = [
-            _case("bare_static", bare_port, bare_pid, "/health", []),
-            _case("sapg_static", sapg_port, sapg_pid, "/health", []),
-            _case(
-                "sapg_hs256", sapg_port, sapg_pid, "/private", [f"Authorization: Bearer {token}"]
-            ),
-        ]
-        if not args.no_access_log_case:
-            cases.append(_case("sapg_logged", log_port, log_pid, "/health", []))
-        check_answers(cases)
-        runs: dict[str, list[dict[str, float]]] = {case["name"]: [] for case in cases}
-        for round_no in range(1, args.repeats + 1):  # interleaved, so drift hits all alike
-            for case in cases:
-                result = measure(case, args)
-                runs[case["name"]].append(result)
-                print(
-                    f"  round {round_no} {case['name']:<12} "
-                    f"{result['requests_per_second']:>9.0f} req/s  "
-                    f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
-                    f"server CPU {result['server_cpu_us_per_request']:.1f} us/req",
-                    file=sys.stderr,
-                )
-    return {"runs": runs, "summary": _summarise_http(runs)}
-
-
-def _case(name: str, port: int, pid: int, path: str, headers: list[str]) -> dict:
-    url = f"http://{HOST}:{port}{path}"
-    return {"name": name, "port": port, "pid": pid, "path": path, "url": url, "headers": headers}
-
-
-def _median(runs: list[dict[str, float]], key: str) -> float:
-    return statistics.median(run[key] for run in runs)
-
-
-def _summarise_http(runs: dict[str, list[dict[str, float]]]) -> dict:
-    keys = ["requests_per_second", "p50_ms", "p99_ms", "server_cpu_us_per_request"]
-    keys += ["server_cpu_busy"]
-    medians = {name: {key: _median(r, key) for key in keys} for name, r in runs.items()}
-
-    def ratio(a: str, b: str, key: str = "requests_per_second", invert: bool = False) -> float:
-        x, y = medians[a][key], medians[b][key]
-        return y / x if invert else x / y
-
-    def per_round(a: str, b: str) -> list[float]:
-        pairs = zip(runs[a], runs[b], strict=True)
-        return [x["requests_per_second"] / y["requests_per_second"] for x, y in pairs]
-
-    cpu = "server_cpu_us_per_request"
-    every = [run for r in runs.values() for run in r]
-    return {
-        "medians": medians,
-        # a server below 90% CPU under a closed-loop load shared its CPUs with someone
-        "contended_runs": sum(run["server_cpu_busy"] < CONTENDED for run in every),
-        "runs": len(every),
-        "static_vs_bare": ratio("sapg_static", "bare_static"),
-        "static_vs_bare_per_round": per_round("sapg_static", "bare_static"),
-        # the same comparison by server CPU per request (robust to a starved client)
-        "static_vs_bare_cpu": ratio("sapg_static", "bare_static", cpu, invert=True),
-        "hs256_vs_static": ratio("sapg_hs256", "sapg_static"),
-        "hs256_vs_static_per_round": per_round("sapg_hs256", "sapg_static"),
-        "hs256_vs_static_cpu": ratio("sapg_hs256", "sapg_static", cpu, invert=True),
-        **(
-            {
-                "logged_vs_static": ratio("sapg_logged", "sapg_static"),
-                "logged_vs_static_cpu": ratio("sapg_logged", "sapg_static", cpu, invert=True),
-            }
-            if "sapg_logged" in runs
-            else {}
-        ),
-    }
+def _load(args: argparse.Namespace, connections: int) -> Load:
+    return Load(connections, 1, args.client_cpu, args.duration, args.warmup)
 
 
 # -- in-process ------------------------------------------------------------------------
 
 
-def inprocess_benchmarks(args: argparse.Namespace) -> dict:
-    cmd = [*_pin(args.server_cpu), sys.executable, str(HERE / "inprocess.py")]
+def inprocess_part(args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [*harness.pin(args.server_cpu), sys.executable, str(HERE / "inprocess.py")]
     if args.quick:
         cmd.append("--quick")
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:
         raise SystemExit(f"inprocess.py failed:\n{done.stderr}")
-    result: dict = json.loads(done.stdout)
-    routing = result["routing"]
-    result["summary"] = {
-        f"{kind}_{algo}_10000_vs_10": routing[kind]["10000"][algo]["us"]
-        / routing[kind]["10"][algo]["us"]
-        for kind in ("hit", "miss")
-        for algo in ("tree", "naive")
-    }
+    result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
-# -- drivers ---------------------------------------------------------------------------
+# -- figures -----------------------------------------------------------------------------
 
 
-def driver_benchmarks(args: argparse.Namespace) -> dict:
-    """benchmarks/drivers.py's cases, pinned like the rest; its table goes to stderr."""
-    import drivers
+def _verdict(key: str | None, value: float) -> tuple[str, str]:
+    """(target text, MET/MISSED) for a figure with a target, else ("report", "")."""
+    if key is None or key not in TARGETS:
+        return "report", ""
+    op, limit = TARGETS[key]
+    met = value >= limit if op == ">=" else value <= limit
+    shown = f"{limit:,.0f}" if limit >= 1000 else f"{limit:g}"
+    return f"{op} {shown}", "MET" if met else "MISSED"
 
-    result = drivers.run_driver_benchmarks(
-        duration=args.driver_duration,
-        warmup=args.driver_warmup,
-        repeats=args.driver_repeats,
-        server_cpu=args.server_cpu,
-        client_cpu=args.client_cpu,
-    )
-    result["args"] = {
-        "duration_s": args.driver_duration,
-        "warmup_s": args.driver_warmup,
-        "repeats": args.driver_repeats,
+
+def _figure(
+    label: str, value: float, measured: str, key: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    target, verdict = _verdict(key, value)
+    return {
+        "figure": label,
+        "key": key,
+        "value": value,
+        "measured": measured,
+        "target": target,
+        "verdict": verdict,
+        **extra,
     }
-    return result
+
+
+def _ratio_per_round(runs: dict[str, list[dict[str, float]]], a: str, b: str) -> list[float]:
+    pairs = zip(runs[a], runs[b], strict=True)
+    return [x["requests_per_second"] / y["requests_per_second"] for x, y in pairs]
+
+
+def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every figure of issue 8 item 7 this run measured, with its target and verdict."""
+    out: list[dict[str, Any]] = []
+    if "static" in results:
+        out += _static_figures(results["static"])
+    if "proxy" in results:
+        out += _proxy_figures(results["proxy"])
+    if "latency" in results:
+        out += _latency_figures(results["latency"])
+    if "inprocess" in results:
+        out += _inprocess_figures(results["inprocess"])
+    return out
+
+
+def _static_figures(part: dict[str, Any]) -> list[dict[str, Any]]:
+    m, runs = part["medians"], part["runs"]
+    out = []
+    pairs = [
+        ("trio static route vs bare trio + h11", "trio_static", "bare_trio", "trio_static_vs_bare"),
+        (
+            "trio --http h11, static, vs bare trio + h11",
+            "trio_http_h11_static",
+            "bare_trio",
+            None,
+        ),
+        (
+            "asyncio static route vs bare asyncio + h11",
+            "asyncio_static",
+            "bare_asyncio",
+            "asyncio_static_vs_bare",
+        ),
+        (
+            "ASGI under uvicorn+httptools vs bare ASGI app, same uvicorn",
+            "asgi_static",
+            "bare_asgi",
+            "asgi_static_vs_bare",
+        ),
+        ("blocking (h11) static vs bare blocking h11", "blocking_static", "bare_blocking", None),
+        ("HS256 route vs static route (trio, same server)", "trio_hs256", "trio_static", None),
+    ]
+    for label, case, base, key in pairs:
+        if case not in m or base not in m:
+            continue
+        if case == "trio_hs256":
+            key = "hs256_vs_static"
+        a, b = m[case], m[base]
+        ratio = a["requests_per_second"] / b["requests_per_second"]
+        by_cpu = b["server_cpu_us_per_request"] / a["server_cpu_us_per_request"]
+        measured = (
+            f"{ratio:.2f}x ({a['requests_per_second']:,.0f} vs {b['requests_per_second']:,.0f}"
+            f" req/s; by CPU/req {by_cpu:.2f}x: {a['server_cpu_us_per_request']:.0f} vs "
+            f"{b['server_cpu_us_per_request']:.0f} us)"
+        )
+        out.append(
+            _figure(
+                label,
+                ratio,
+                measured,
+                key,
+                by_cpu=by_cpu,
+                per_round=_ratio_per_round(runs, case, base),
+                case=case,
+                baseline=base,
+            )
+        )
+    return out
+
+
+def _proxy_figures(part: dict[str, Any]) -> list[dict[str, Any]]:
+    m = part["medians"]
+    bare_cpu = m["bare_trio"]["server_cpu_us_per_request"]
+    out = []
+    for case, label, key in [
+        (
+            "trio_proxied",
+            "proxied request, trio: gateway CPU/req vs one bare trio+h11 answer",
+            "proxy_cpu_vs_bare_answer",
+        ),
+        ("trio_http_h11_proxied", "proxied request, trio --http h11: CPU/req vs bare answer", None),
+        ("asyncio_proxied", "proxied request, asyncio: CPU/req vs bare answer", None),
+        ("blocking_proxied", "proxied request, blocking: CPU/req vs bare answer", None),
+        ("asgi_proxied", "proxied request, ASGI (uvicorn): CPU/req vs bare answer", None),
+        (
+            "anchor_httpx_proxied",
+            "anchor: uvicorn+uvloop+httptools+httpx proxy, CPU/req vs bare",
+            None,
+        ),
+        ("anchor_nginx_proxied", "anchor: nginx reverse proxy (keepalive), CPU/req vs bare", None),
+    ]:
+        if case not in m:
+            continue
+        cpu = m[case]["server_cpu_us_per_request"]
+        out.append(
+            _figure(
+                label,
+                cpu / bare_cpu,
+                f"{cpu / bare_cpu:.2f}x ({cpu:.0f} vs {bare_cpu:.0f} us; "
+                f"{m[case]['requests_per_second']:,.0f} req/s)",
+                key,
+                case=case,
+            )
+        )
+    anchors = ("anchor_httpx_proxied", "anchor_nginx_proxied", "trio_proxied")
+    if all(a in m for a in anchors):
+        httpx_cpu, nginx_cpu, sapg_cpu = (m[a]["server_cpu_us_per_request"] for a in anchors)
+        httpx_rps, nginx_rps, sapg_rps = (m[a]["requests_per_second"] for a in anchors)
+        # 0: as costly as the httpx proxy, 1: as cheap as nginx
+        position = (httpx_cpu - sapg_cpu) / (httpx_cpu - nginx_cpu) if httpx_cpu != nginx_cpu else 0
+        out.append(
+            _figure(
+                "sapg (trio) between the anchors, by CPU/req (0 = httpx proxy, 1 = nginx)",
+                position,
+                f"{position:.2f} (CPU/req: httpx {httpx_cpu:.0f}, sapg {sapg_cpu:.0f}, "
+                f"nginx {nginx_cpu:.0f} us; req/s: {httpx_rps:,.0f} / {sapg_rps:,.0f} / "
+                f"{nginx_rps:,.0f})",
+            )
+        )
+    return out
+
+
+def _latency_figures(part: dict[str, Any]) -> list[dict[str, Any]]:
+    m = part["medians"]
+    direct = m["upstream_direct"]["p50_ms"]
+    out = []
+    for case, label, key in [
+        ("trio_proxied", "added p50 of the hop at c=1, trio (ms)", "proxy_added_p50_ms"),
+        ("trio_http_h11_proxied", "added p50 at c=1, trio --http h11 (ms)", None),
+        ("asyncio_proxied", "added p50 at c=1, asyncio (ms)", None),
+        ("blocking_proxied", "added p50 at c=1, blocking (ms)", None),
+        ("asgi_proxied", "added p50 at c=1, ASGI (ms)", None),
+        ("anchor_httpx_proxied", "added p50 at c=1, anchor httpx proxy (ms)", None),
+        ("anchor_nginx_proxied", "added p50 at c=1, anchor nginx proxy (ms)", None),
+    ]:
+        if case not in m:
+            continue
+        added = m[case]["p50_ms"] - direct
+        out.append(
+            _figure(
+                label,
+                added,
+                f"{added:.3f} ms ({m[case]['p50_ms']:.3f} vs {direct:.3f} direct)",
+                key,
+                case=case,
+            )
+        )
+    return out
+
+
+def _inprocess_figures(part: dict[str, Any]) -> list[dict[str, Any]]:
+    core, routing = part["core"], part["routing"]
+    static = core["static"]
+    out = [
+        _figure(
+            "core decisions/s in-process, static route (event + handle)",
+            static["per_second"],
+            f"{static['per_second']:,.0f}/s ({static['us']:.1f} us)",
+            "core_static_per_second",
+        )
+    ]
+    for kind in ("hit", "miss"):
+        t10, t10k = routing[kind]["10"]["tree"]["us"], routing[kind]["10000"]["tree"]["us"]
+        out.append(
+            _figure(
+                f"routing in-process, 10,000 vs 10 routes, {kind}s (match/s ratio)",
+                t10 / t10k,
+                f"{t10 / t10k:.2f}x ({t10k:.2f} vs {t10:.2f} us per match)",
+                "routing_10000_vs_10",
+            )
+        )
+    for name, label in [
+        ("proxy_round_trip", "proxied request in-process: both decisions (us)"),
+        ("proxy_forward_step", "proxied request in-process: to ForwardUpstream (us)"),
+        ("hs256_cached", "HS256 route in-process, cached token (us)"),
+    ]:
+        if name in core:
+            out.append(_figure(label, core[name]["us"], f"{core[name]['us']:.1f} us"))
+    return out
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    width = max([len(r["figure"]) for r in rows] + [6])
+    shown = max([len(r["measured"]) for r in rows] + [8])
+    print(f"{'figure':<{width}}  {'measured':<{shown}}  {'target':>10}  verdict")
+    print("-" * (width + shown + 23))
+    for r in rows:
+        print(
+            f"{r['figure']:<{width}}  {r['measured']:<{shown}}  {r['target']:>10}  {r['verdict']}"
+        )
+
+
+def _warnings(results: dict[str, Any]) -> list[str]:
+    notes = []
+    for part in ("static", "proxy", "latency"):
+        if part not in results:
+            continue
+        for name, runs in results[part]["runs"].items():
+            bad = [
+                i
+                for i, run in enumerate(runs, 1)
+                if run["server_cpu_busy"] < harness.CONTENDED
+                and (name.startswith("bare") or name.endswith("_static") or name == "trio_hs256")
+            ]
+            errors = sum(run["non_2xx"] + run["socket_errors"] for run in runs)
+            if bad and part != "latency":
+                notes.append(f"{part}/{name}: server below 90% CPU in round(s) {bad} (contended)")
+            if errors:
+                notes.append(f"{part}/{name}: {errors:.0f} non-2xx answers or socket errors")
+    if "inprocess" in results:
+        noisy = _noisy(results["inprocess"])
+        if noisy:
+            notes.append(f"in-process cases with median/best above {NOISY_SPREAD}: {noisy}")
+    return notes
+
+
+def _noisy(result: dict[str, Any], path: str = "") -> list[str]:
+    found = []
+    for key, value in result.items():
+        if not isinstance(value, dict):
+            continue
+        name = f"{path}/{key}" if path else key
+        if "spread" in value:
+            found += [name] if value["spread"] > NOISY_SPREAD else []
+        else:
+            found += _noisy(value, name)
+    return found
 
 
 # -- profile ---------------------------------------------------------------------------
 
 
-def _py_spy() -> str | None:
+def profile_part(args: argparse.Namespace) -> dict[str, str]:
+    """py-spy on the sapg trio server under wrk -c50: static route and proxied route."""
     beside = Path(sys.executable).with_name("py-spy")
-    return str(beside) if beside.exists() else shutil.which("py-spy")
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if spy is None:
+        print("note: py-spy is not installed (pip install py-spy): no profile", file=sys.stderr)
+        return {}
+    from spy_report import summarise
 
-
-def profile_server(args: argparse.Namespace) -> dict[str, str]:
-    """Profile the sapg server under wrk load; the top functions go to bench-results/.
-
-    With py-spy (``pip install py-spy``): sampling, attached to a normal server.
-    Without it: the server runs under cProfile (slower, so its shares are rougher).
-    """
-    spy = _py_spy()
-    token = hs256_token()
     reports = {}
-    for name, path, headers in [
-        ("static", "/health", []),
-        ("hs256", "/private", [f"Authorization: Bearer {token}"]),
-    ]:
-        text_path = OUT / f"profile-{name}.txt"
-        if spy is not None:
-            text = _profile_with_py_spy(spy, name, path, headers, args)
-        else:
-            text = _profile_with_cprofile(name, path, headers, args)
-        text_path.write_text(text)
-        reports[name] = str(text_path.relative_to(ROOT))
-        print(text, file=sys.stderr)
+    with _proxies(args, "profile") as (_, cases):
+        trio = next(c for c in cases if c.name == "trio_proxied")
+        for name, url in [("static", trio.url.replace("/proxy/x", "/health")), ("proxy", trio.url)]:
+            raw = OUT / f"profile-{name}.raw"
+            load = _load(args, 50)
+            harness.wrk(url, load, load.warmup, [])
+            wrk = [*harness.pin(args.client_cpu), "wrk", "-t1", "-c50"]
+            wrk += [f"-d{round(args.duration) + 3}s", url]
+            busy = subprocess.Popen(wrk, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(1)
+                cmd = [spy, "record", "-p", str(trio.pid), "-d", f"{round(args.duration)}"]
+                cmd += ["-r", "250", "--format", "raw", "-o", str(raw)]
+                subprocess.run(
+                    [*harness.pin(args.client_cpu), *cmd],
+                    capture_output=True,
+                    timeout=args.duration + 60,
+                    check=True,
+                )
+            finally:
+                busy.wait(args.duration + 30)
+            text = f"py-spy, sapg trio server, GET {url}\n" + summarise(raw.read_text(), top=30)
+            (OUT / f"profile-{name}.txt").write_text(text)
+            reports[name] = str((OUT / f"profile-{name}.txt").relative_to(ROOT))
+            print(text, file=sys.stderr)
     return reports
 
 
-def _sapg_argv(*prefix: str, log_level: str = "warning") -> list[str]:
-    """``sapg serve`` on the benchmark config, trio transport, default limits and timeouts."""
-    config_path = OUT / "bench-config.json"
-    config_path.write_text(json.dumps(CONFIG, indent=2))
-    argv = [sys.executable, *prefix, "-m", "transports.cli", "serve", "--config", str(config_path)]
-    return [*argv, "--transport", "trio", "--port", "0", "--grace", "1", "--log-level", log_level]
+# -- meta ------------------------------------------------------------------------------
 
 
-def _profile_with_py_spy(
-    spy: str, name: str, path: str, headers: list[str], args: argparse.Namespace
-) -> str:
-    raw = OUT / f"profile-{name}.raw"
-    with server(f"sapg-profile-{name}", _sapg_argv(), args.server_cpu) as (port, pid):
-        url = f"http://{HOST}:{port}{path}"
-        wrk(url, args, seconds=args.warmup, headers=headers)
-        cmd = [*_pin(args.client_cpu), "wrk", f"-t{args.threads}", f"-c{args.connections}"]
-        cmd += [f"-d{args.duration + 2:g}s"] + [x for h in headers for x in ("-H", h)] + [url]
-        load = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _live.append(load)  # stopped on exit like the servers
-        try:
-            time.sleep(1)
-            spy_cmd = [spy, "record", "-p", str(pid), "-d", f"{args.duration:g}", "-r", "250"]
-            subprocess.run(
-                [*_pin(args.client_cpu), *spy_cmd, "--format", "raw", "-o", str(raw)],
-                capture_output=True,
-                timeout=args.duration + 60,
-                check=True,
-            )
-        finally:
-            load.wait(args.duration + 30)
-            _live.remove(load)
-    from spy_report import summarise
-
-    return f"py-spy, sapg server, GET {path}\n" + summarise(raw.read_text(), top=30)
-
-
-def _profile_with_cprofile(
-    name: str, path: str, headers: list[str], args: argparse.Namespace
-) -> str:
-    import io
-    import pstats
-
-    prof = OUT / f"profile-{name}.prof"
-    argv = _sapg_argv("-m", "cProfile", "-o", str(prof))
-    with server(f"sapg-profile-{name}", argv, args.server_cpu) as (port, _):
-        wrk(f"http://{HOST}:{port}{path}", args, seconds=args.duration, headers=headers)
-    out = io.StringIO()
-    stats = pstats.Stats(str(prof), stream=out)
-    stats.sort_stats("tottime").print_stats(30)
-    stats.sort_stats("cumulative").print_stats(30)
-    return f"cProfile, sapg server, GET {path}\n" + out.getvalue()
-
-
-# -- report ----------------------------------------------------------------------------
-
-
-def machine() -> dict:
+def machine() -> dict[str, Any]:
     cpu_model = ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -434,10 +531,16 @@ def machine() -> dict:
                 cpu_model = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for dist in ("trio", "h11", "attrs", "sapg"):
+    for dist in ("sapg", "trio", "h11", "httptools", "uvicorn", "uvloop", "httpx", "attrs"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[dist] = importlib.metadata.version(dist)
-    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    tools = {}
+    for tool, flag in (("wrk", "-v"), (harness.which_nginx() or "nginx", "-v")):
+        try:
+            done = subprocess.run([tool, flag], capture_output=True, text=True, check=False)
+            tools[Path(tool).name] = (done.stdout or done.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            tools[Path(tool).name] = "not found"
     return {
         "nproc": os.cpu_count(),
         "cpu_model": cpu_model,
@@ -445,9 +548,9 @@ def machine() -> dict:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "versions": versions,
-        "wrk": (wrk_version.stdout or wrk_version.stderr or "not found").splitlines()[0],
+        "tools": tools,
         "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain")),
+        "dirty": bool(_git("status", "--porcelain", "sapg_core", "transports")),
         "source_sha256": _source_digest(),
     }
 
@@ -468,330 +571,98 @@ def _source_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-_HEADER = f"{'measure':<52} {'value':>16} {'baseline':>12} {'ratio':>6} {'target':>7}"
-
-
-def _row(
-    name: str,
-    value: str,
-    base: str = "",
-    ratio: float | None = None,
-    goal: str = "",
-    check: float | None = None,
-) -> str:
-    """One table line; ``check`` (default: ``ratio``) is compared with ``goal``."""
-    ratio_text = "" if ratio is None else f"{ratio:.2f}"
-    check = ratio if check is None else check
-    verdict = ""
-    if goal and check is not None:
-        limit = float(goal.split()[1].rstrip("k")) * (1000 if goal.endswith("k") else 1)
-        ok = check >= limit if goal.startswith(">=") else check <= limit
-        verdict = "  PASS" if ok else "  MISS"
-    return f"{name:<52} {value:>16} {base:>12} {ratio_text:>6} {goal:>7}{verdict}"
-
-
-def _http_rows(summary: dict) -> list[str]:
-    m = summary["medians"]
-    rows = []
-    for name in m:
-        r = m[name]
-        rows.append(_row(f"HTTP {name}: req/s", f"{r['requests_per_second']:.0f}"))
-        rows.append(_row("  p50 / p99 latency (ms)", f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}"))
-        cpu = f"{r['server_cpu_us_per_request']:.0f} ({r['server_cpu_busy']:.0%} busy)"
-        rows.append(_row("  server CPU per request (us)", cpu))
-    static, bare, hs = (
-        m[k]["requests_per_second"] for k in ("sapg_static", "bare_static", "sapg_hs256")
-    )
-    rows.append(
-        _row(
-            "sapg static vs bare trio+h11, req/s",
-            f"{static:.0f}",
-            f"{bare:.0f}",
-            summary["static_vs_bare"],
-            f">= {TARGETS['static_vs_bare']}",
-        )
-    )
-    rows.append(_row("  same, by server CPU per request", "", "", summary["static_vs_bare_cpu"]))
-    rows.append(
-        _row(
-            "sapg HS256 route vs static route, req/s",
-            f"{hs:.0f}",
-            f"{static:.0f}",
-            summary["hs256_vs_static"],
-            f">= {TARGETS['hs256_vs_static']}",
-        )
-    )
-    rows.append(_row("  same, by server CPU per request", "", "", summary["hs256_vs_static_cpu"]))
-    if "logged_vs_static" in summary:
-        logged = m["sapg_logged"]["requests_per_second"]
-        rows.append(
-            _row(
-                "sapg static with access log vs without",
-                f"{logged:.0f}",
-                f"{static:.0f}",
-                summary["logged_vs_static"],
-            )
-        )
-        rows.append(
-            _row("  same, by server CPU per request", "", "", summary["logged_vs_static_cpu"])
-        )
-    if summary["contended_runs"]:
-        rows.append(
-            f"WARNING: in {summary['contended_runs']} of {summary['runs']} wrk runs the server "
-            f"was below {CONTENDED:.0%} CPU: something else competed for the CPUs. The req/s "
-            "ratios are unreliable; the CPU-per-request ratios hold up better. Rerun that "
-            "part: python benchmarks/run.py --only http --merge"
-        )
-    return rows
-
-
-def _core_rows(result: dict) -> list[str]:
-    core = result["core"]
-    static = core["static"]
-    goal = f">= {TARGETS['core_static_per_second'] // 1000}k"
-    rows = [
-        _row(
-            "core decisions/s, static (event + handle)",
-            f"{static['per_second']:.0f}",
-            goal=goal,
-            check=static["per_second"],
-        )
-    ]
-    for name, label in [
-        ("static_browser_headers", "static, 13 browser headers"),
-        ("hs256_cached", "HS256 route, cached token"),
-        ("hs256_uncached", "HS256 route, a new token each"),
-        ("proxy_forward_step", "proxied route, to ForwardUpstream"),
-        ("event_only", "building RequestReceived alone"),
-    ]:
-        c = core[name]
-        rows.append(
-            _row(f"  {label} (per s, us each)", f"{c['per_second']:.0f}", f"{c['us']:.1f} us")
-        )
-    return rows
-
-
-def _breakdown_rows(result: dict) -> list[str]:
-    b = result["breakdown"]
-    glue, bare = b["glue_sapg_server_connection"]["us"], b["glue_bare_h11"]["us"]
-    rows = [
-        _row(
-            "HTTP glue, parse + respond, no sockets (us)", f"{glue:.1f}", f"{bare:.1f}", glue / bare
-        )
-    ]
-    for name, label in [
-        ("trio_move_on_after", "trio.move_on_after enter+exit (us)"),
-        ("driver_http_date", "Date header value, http_date (us)"),
-        ("driver_event_build", "driver's event build (us)"),
-    ]:
-        rows.append(_row(f"  {label}", f"{b[name]['us']:.1f}"))
-    return rows
-
-
-def _routing_rows(result: dict) -> list[str]:
-    routing = result["routing"]
-    rows = []
-    for kind in ("hit", "miss"):
-        for algo in ("tree", "naive"):
-            t10, t1k, t10k = (routing[kind][n][algo]["us"] for n in ("10", "1000", "10000"))
-            tree = algo == "tree"
-            value = f"{t10:.1f}/{t1k:.1f}/{t10k:.1f}" if tree else f"{t10:.0f}/{t1k:.0f}/{t10k:.0f}"
-            name = "RouteTable.match" if tree else "linear scan (reference)"
-            goal = f"<= {TARGETS['routing_10000_vs_10']}" if tree else ""
-            rows.append(_row(f"{name}, {kind}: 10/1k/10k routes (us)", value, "", t10k / t10, goal))
-    return rows
-
-
-def _driver_rows(result: dict) -> list[str]:
-    summary = result["summary"]
-    medians = summary["medians"]
-    rows = []
-    for driver, label in [
-        ("trio", "trio driver vs bare trio+h11"),
-        ("asyncio", "asyncio driver vs bare asyncio+h11"),
-        ("h11", "blocking driver vs bare blocking h11"),
-        ("asgi", "ASGI under uvicorn vs bare ASGI, same uvicorn"),
-    ]:
-        static, bare = medians[f"{driver}_static"], medians[f"{driver}_bare"]
-        target = TARGETS.get(f"{driver}_static_vs_bare")
-        rows.append(
-            _row(
-                f"{label}, req/s",
-                f"{static['requests_per_second']:.0f}",
-                f"{bare['requests_per_second']:.0f}",
-                summary[f"{driver}_static_vs_bare"],
-                f">= {target}" if target else "",
-            )
-        )
-        rows.append(
-            _row(
-                "  same, by server CPU per request", "", "", summary[f"{driver}_static_vs_bare_cpu"]
-            )
-        )
-    direct = medians["upstream_direct"]
-    rows.append(
-        _row(
-            "upstream called directly: req/s, p50/p99 (ms)",
-            f"{direct['requests_per_second']:.0f}",
-            f"{direct['p50_ms']:.2f}/{direct['p99_ms']:.2f}",
-        )
-    )
-    for driver in ("trio", "asyncio", "h11", "asgi"):
-        proxied = medians[f"{driver}_proxied"]
-        added = (
-            f"+{summary[f'{driver}_proxied_added_p50_ms']:.1f}/"
-            f"+{summary[f'{driver}_proxied_added_p99_ms']:.1f}"
-        )
-        rows.append(
-            _row(
-                f"{driver} proxied vs direct: req/s, added p50/p99",
-                f"{proxied['requests_per_second']:.0f}",
-                added,
-                summary[f"{driver}_proxied_vs_direct"],
-            )
-        )
-    if summary.get("contended_runs"):
-        rows.append(
-            f"WARNING: in {summary['contended_runs']} of {summary['runs']} driver runs the server "
-            f"was below {CONTENDED:.0%} CPU ({', '.join(summary['contended'][:4])}"
-            f"{', ...' if summary['contended_runs'] > 4 else ''}): something else competed for "
-            "the CPUs. Rerun that part: python benchmarks/run.py --only drivers --merge"
-        )
-    return rows
-
-
-def _noisy(result: dict, path: str = "") -> list[str]:
-    """Names of measurements whose median round was well above their best one."""
-    found = []
-    for key, value in result.items():
-        if not isinstance(value, dict):
-            continue
-        name = f"{path}/{key}" if path else key
-        if "spread" in value:
-            found += [name] if value["spread"] > NOISY_SPREAD else []
-        else:
-            found += _noisy(value, name)
-    return found
-
-
-def print_table(results: dict) -> None:
-    lines = [_HEADER, "-" * (len(_HEADER) + 6)]
-    if "http" in results:
-        lines += _http_rows(results["http"]["summary"])
-    if "inprocess" in results:
-        inprocess = results["inprocess"]
-        lines += _core_rows(inprocess) + _breakdown_rows(inprocess) + _routing_rows(inprocess)
-        cal = inprocess["calibration_empty_call"]["us"] * 1000
-        lines.append(f"(calibration: an empty Python function call takes {cal:.0f} ns here)")
-        noisy = _noisy(inprocess)
-        if noisy:
-            lines.append(
-                f"WARNING: {len(noisy)} in-process cases had median/best above {NOISY_SPREAD} "
-                f"({', '.join(noisy[:4])}{', ...' if len(noisy) > 4 else ''}): the machine was "
-                "busy; the best-round numbers shown are the more trustworthy."
-            )
-    if "drivers" in results:
-        lines += _driver_rows(results["drivers"])
-    print("\n".join(lines))
-
-
 # -- main ------------------------------------------------------------------------------
 
 
-PARTS = ("inprocess", "http", "drivers")
-
-
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs: a smoke test")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
-    parser.add_argument("--repeats", type=int, default=3, help="wrk runs per case (median)")
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--skip-http", action="store_true")
-    parser.add_argument("--skip-inprocess", action="store_true")
-    parser.add_argument("--skip-drivers", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="2 s runs, 1 round: a smoke test")
     parser.add_argument(
-        "--only",
-        choices=PARTS,
-        action="append",
-        help="run only this part (repeatable); the others are skipped",
+        "--only", action="append", default=[], help=f"parts, comma-separated: {','.join(PARTS)}"
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured wrk run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated rounds (median)")
+    parser.add_argument(
+        "--no-http-h11",
+        dest="http_h11",
+        action="store_false",
+        help="skip the trio --http h11 cases (measured when `sapg serve --help` has --http)",
+    )
+    parser.add_argument("--no-blocking", action="store_true", help="skip the blocking driver")
+    parser.add_argument(
+        "--all-drivers", action="store_true", help="proxy/latency: also blocking and ASGI"
     )
     parser.add_argument(
-        "--merge",
-        action="store_true",
-        help="keep the parts of the existing results.json that this run does not measure",
+        "--asgi-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="uvicorn --loop for the ASGI adapter and its bare app (the anchor always uvloop)",
     )
+    parser.add_argument("--profile", action="store_true", help="also py-spy the trio server")
     parser.add_argument(
-        "--driver-duration", type=float, default=5.0, help="s per driver wrk run (whole seconds)"
+        "--merge", action="store_true", help="keep the parts of results.json not rerun"
     )
-    parser.add_argument(
-        "--driver-warmup", type=float, default=1.0, help="s of warm-up per driver run (whole)"
-    )
-    parser.add_argument("--driver-repeats", type=int, default=2, help="driver runs per case")
     parser.add_argument("--no-chart", action="store_true", help=f"do not draw {CHART.name}")
-    parser.add_argument(
-        "--no-access-log-case", action="store_true", help="skip sapg_logged (saves 36 s)"
-    )
-    parser.add_argument("--profile", action="store_true", help="also profile the server")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup, args.repeats = 3.0, 1.0, 1
-        args.driver_duration, args.driver_warmup, args.driver_repeats = 2.0, 1.0, 1
-    if args.only:
-        for part in PARTS:
-            if part not in args.only:
-                setattr(args, f"skip_{part}", True)
-    pinned = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
-    args.server_cpu, args.client_cpu = (0, 1) if pinned else (None, None)
+        args.duration, args.warmup, args.repeats = 2.0, 1.0, 1
+    chosen = [p.strip() for item in args.only for p in item.split(",") if p.strip()]
+    unknown = sorted(set(chosen) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    args.parts = [p for p in PARTS if p in chosen] if chosen else list(PARTS)
+    args.server_cpu, args.client_cpu = harness.cpus()
     return args
 
 
-def main() -> int:
-    args = parse_args()
-    if not (args.skip_http and args.skip_drivers) and shutil.which("wrk") is None:
-        raise SystemExit("wrk not found: apt-get install wrk (nox -s bench does it)")
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    needs_wrk = set(args.parts) - {"inprocess"} or args.profile
+    if needs_wrk and shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install wrk nginx (nox -s bench does it)")
+    if needs_wrk and harness.which_nginx() is None and set(args.parts) & {"proxy", "latency"}:
+        raise SystemExit("nginx not found: apt-get install nginx (nox -s bench does it)")
     OUT.mkdir(exist_ok=True)
-    atexit.register(_stop_all)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
-    results: dict = {
-        "meta": {
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-            "machine": machine(),
-            "loadavg_start": os.getloadavg(),
-            "pinning": {"server_cpu": args.server_cpu, "client_cpu": args.client_cpu},
-            "wrk_args": {
-                "threads": args.threads,
-                "connections": args.connections,
-                "duration_s": args.duration,
-                "warmup_s": args.warmup,
-                "repeats": args.repeats,
-            },
-        },
-        "targets": TARGETS,
+    meta: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "machine": machine(),
+        "loadavg_start": os.getloadavg(),
+        "pinning": {"server_cpu": args.server_cpu, "load_cpu": args.client_cpu},
+        "wrk": {"threads": 1, "duration_s": args.duration, "warmup_s": args.warmup},
+        "repeats": args.repeats,
+        "quick": args.quick,
+        "asgi_loop": args.asgi_loop,
+        "parts": args.parts,
     }
-    if not args.skip_inprocess:
-        print("in-process benchmarks (core decisions, routing)...", file=sys.stderr)
-        results["inprocess"] = inprocess_benchmarks(args)
-    if not args.skip_http:
-        print("HTTP benchmarks with wrk...", file=sys.stderr)
-        results["http"] = http_benchmarks(args)
-    if not args.skip_drivers:
-        print("driver benchmarks (trio, asyncio, blocking, ASGI) with wrk...", file=sys.stderr)
-        results["drivers"] = driver_benchmarks(args)
+    results: dict[str, Any] = {"meta": meta, "targets": TARGETS}
+    steps = {
+        "inprocess": inprocess_part,
+        "static": static_part,
+        "proxy": proxy_part,
+        "latency": latency_part,
+    }
+    for part in args.parts:
+        print(f"== {part}", file=sys.stderr)
+        results[part] = steps[part](args)
+        partial = {**results, "figures": figures(results)}
+        (OUT / "results-partial.json").write_text(json.dumps(harness.jsonable(partial), indent=2))
     if args.profile:
-        print("profiling the sapg server under load...", file=sys.stderr)
-        results["profiles"] = profile_server(args)
-    results["meta"]["loadavg_end"] = os.getloadavg()
-    results["meta"]["elapsed_s"] = round(time.time() - started, 1)
-    meta = results["meta"]  # this run's, also when merged into an earlier run's results
+        print("== profile", file=sys.stderr)
+        results["profiles"] = profile_part(args)
+    meta["loadavg_end"] = os.getloadavg()
+    meta["elapsed_s"] = round(time.time() - started, 1)
     if args.merge:
         results = _merge(OUT / "results.json", results)
-    (OUT / "results.json").write_text(json.dumps(results, indent=2))
-    print_table(results)
+    results["figures"] = figures(results)
+    results["warnings"] = _warnings(results)
+    (OUT / "results.json").write_text(json.dumps(harness.jsonable(results), indent=2))
+    print_table(results["figures"])
+    for note in results["warnings"]:
+        print(f"WARNING: {note}")
     print(
         f"\nraw results: {(OUT / 'results.json').relative_to(ROOT)}; load average "
         f"{meta['loadavg_start'][0]:.2f} -> {meta['loadavg_end'][0]:.2f}; "
@@ -802,26 +673,25 @@ def main() -> int:
     return 0
 
 
-def _merge(path: Path, new: dict) -> dict:
-    """The old results with this run's parts replacing theirs; each part keeps its own meta."""
+def _merge(path: Path, new: dict[str, Any]) -> dict[str, Any]:
+    """The old results with this run's parts replacing theirs; reruns listed in meta."""
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return new
     merged = {**old, **{key: value for key, value in new.items() if key != "meta"}}
-    parts = [part for part in (*PARTS, "profiles") if part in new]
     reruns = old.get("meta", {}).get("reruns", [])
-    merged["meta"] = {**old.get("meta", {}), "reruns": [*reruns, {**new["meta"], "parts": parts}]}
+    merged["meta"] = {**old.get("meta", {}), "reruns": [*reruns, new["meta"]]}
     return merged
 
 
-def _chart(results: dict) -> None:
+def _chart(results: dict[str, Any]) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         print(
             f"note: matplotlib is not installed, so {CHART.relative_to(ROOT)} was not drawn "
-            "(pip install matplotlib; nox -s bench installs it)",
+            "(nox -s bench installs it)",
             file=sys.stderr,
         )
         return
