@@ -92,8 +92,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         type=_count,
         default=DEFAULT_WORKERS,
         metavar="N",
-        help="h11 transport: worker threads, so connections served at once; "
-        "past them a new connection is answered 503",
+        help="h11 transport: worker threads, so requests carried out at once (idle "
+        "connections and heads still arriving hold none); past them a request is answered 503",
     )
     parser.add_argument(
         "--log-format",

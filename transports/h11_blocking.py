@@ -1,29 +1,36 @@
 """The blocking-socket server ("raw h11"): plain sockets and a bounded pool of worker threads.
 
-The same loop as the trio and asyncio drivers, written with blocking calls:
-the main thread accepts and hands each connection to a worker thread, which
-reads, feeds :class:`ServerConnection`, turns each request head into
-``RequestReceived``, calls ``gateway.handle`` and carries out each action
-through :attr:`BlockingServer._executors` (keyed by action type), feeding each
-outcome back. Method names match the async drivers (``run``, ``_accept``,
-``_serve_connection``, ``_serve_requests``, ``_handle_request``, ``_execute``,
-the executors, ``_client_body``, ``_next_event``, ``_send``, ``_close``).
+The same loop as the trio and asyncio drivers, written with blocking calls. Method
+names match the async drivers (``run``, ``_accept``, ``_serve_connection``,
+``_handle_request``, ``_execute``, the executors, ``_client_body``, ``_send``, ``_close``).
 
-A connection holds its worker for its whole life (keep-alive included), so
-``workers`` bounds both threads and open connections. When every worker is
-busy, a new connection is answered ``503`` JSON ``SERVER_BUSY`` at once and
-closed instead of waiting in a queue. The core is not thread-safe: calls to
-``handle`` are serialised by one lock (they are short: the I/O is outside).
-No policy lives here.
+Theory of operation. The main thread runs a selector that accepts and also holds
+every connection that is idle (keep-alive) or still sending its request head: it
+reads what they send, non-blocking, into their :class:`ServerConnection` and
+enforces their deadlines (``--idle-timeout`` for a new request's first byte; the
+whole head within ``--header-timeout``, no gap over ``--read-timeout``). Only a
+connection with a complete request head takes a worker thread, which carries the
+request out with blocking calls (reading the body under the body deadline and
+minimum rate, see :class:`transports._common.Timeouts`), then answers pipelined
+requests already buffered, and hands the connection back to the selector when it
+waits for more. So clients dribbling their heads, or idle ones, hold no thread;
+a body dribbled during a request holds one only until its deadline.
+
+When every worker is busy, a complete head is answered ``503`` JSON
+``SERVER_BUSY`` at once and the connection closed, instead of waiting in a queue.
+The core is not thread-safe: calls to ``handle`` are serialised by one lock (they
+are short: the I/O is outside). No policy lives here. The parser is always h11
+(the "raw h11" driver).
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import queue
-import secrets
 import selectors
 import signal
 import socket
@@ -68,6 +75,7 @@ from ._common import (
     Reload,
     Timeouts,
     as_loaded,
+    entropy,
     http_date,
     request_received,
     try_reload,
@@ -83,6 +91,8 @@ logger = logging.getLogger("sapg")
 _RECEIVE_SIZE = 65536
 _BACKLOG = 1024
 _MAX_REJECTED = 256  # refused connections lingering at once; past it, closed at once
+_ACCEPT_BATCH = 64  # connections accepted per wake-up of the selector
+_TICK = 0.5  # the selector wakes at least this often (reload, shutdown, lingering sockets)
 PARKED_LIMIT: Final = 120.0
 DEFAULT_WORKERS: Final = 64
 
@@ -95,10 +105,13 @@ class _Connection:
     def __init__(self, sock: socket.socket, peer: str, limits: ServerLimits) -> None:
         self.sock = sock
         self.peer = peer
-        self.http = ServerConnection(limits)
+        self.http = ServerConnection(limits, backend="h11")
         self.is_broken = False
-        self.is_waiting_idle = False  # blocked reading between requests: shutdown may wake it
         self.timeout: float | None = None
+        # In the selector (idle or receiving a head): when it is cut off, and when the
+        # head under way is due as a whole (None: no byte of it yet).
+        self.deadline = 0.0
+        self.head_due: float | None = None
 
     def settimeout(self, seconds: float) -> None:
         if seconds != self.timeout:
@@ -190,6 +203,12 @@ class BlockingServer:
         self._shutdown = threading.Event()
         self._reload_requested = False
         self._waker_r, self._waker_w = socket.socketpair()
+        self._waker_w.setblocking(False)
+        self._returned: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
+        self._parked: set[_Connection] = set()  # in the selector (selector thread only)
+        self._due: list[tuple[float, int, _Connection]] = []  # their deadlines, a heap
+        self._order = itertools.count().__next__
+        self._selector: selectors.BaseSelector = selectors.DefaultSelector()
         self._executors: dict[type[Action], _Executor] = {
             Respond: self._respond,
             ForwardUpstream: self._forward,
@@ -242,63 +261,160 @@ class BlockingServer:
         self.serving = as_loaded(gateway, self.serving.services)
         return True
 
-    # -- accepting -------------------------------------------------------------------------
+    # -- the selector thread: accepting, idle connections, request heads -----------------
 
     def run(self, listener: socket.socket, *, grace: float) -> None:
         """Accept until :meth:`shutdown`, then let in-flight requests finish within ``grace``.
 
-        Refused connections (every worker busy) get the 503 and linger here,
-        read and discarded, so that the close does not destroy the answer.
+        Refused connections (every worker busy, or a malformed head) get their answer
+        and linger here, read and discarded, so that the close does not destroy it.
         """
-        selector = selectors.DefaultSelector()
+        selector = self._selector
         listener.setblocking(False)
         selector.register(listener, selectors.EVENT_READ, "accept")
         selector.register(self._waker_r, selectors.EVENT_READ, "wake")
         rejected: dict[socket.socket, float] = {}
         try:
             while not self._shutdown.is_set():
-                for key, _ in selector.select(timeout=0.5):
-                    if key.data == "accept":
-                        self._accept(listener, selector, rejected)
-                    elif key.data == "wake":
-                        with contextlib.suppress(OSError):
-                            self._waker_r.recv(512)
-                    else:
-                        self._linger(key.fileobj, selector, rejected)  # type: ignore[arg-type]
+                self._select(rejected, listener)
                 if self._reload_requested:
                     self._reload_requested = False
                     self.reload_config()
-                _expire(rejected, selector)
+            selector.unregister(listener)
+            listener.close()
+            self._drain(grace, rejected)
         finally:
+            for conn in list(self._parked):
+                self._unpark(conn)
+                conn.sock.close()
             selector.close()
             listener.close()
             for sock in rejected:
                 sock.close()
-        self._drain(grace)
 
-    def _accept(
-        self,
-        listener: socket.socket,
-        selector: selectors.BaseSelector,
-        rejected: dict[socket.socket, float],
-    ) -> None:
+    def _select(self, rejected: dict[socket.socket, float], listener: socket.socket | None) -> None:
+        """One round: wait for sockets or the next deadline, then serve what is ready."""
+        now = time.monotonic()
+        timeout = _TICK if not self._due else max(0.0, min(_TICK, self._due[0][0] - now))
+        for key, _ in self._selector.select(timeout):
+            data = key.data
+            if isinstance(data, _Connection):
+                self._on_readable(data, rejected)
+            elif data == "accept" and listener is not None:
+                self._accept(listener)
+            elif data == "wake":
+                with contextlib.suppress(OSError):
+                    self._waker_r.recv(4096)
+            else:
+                self._linger(key.fileobj, rejected)  # type: ignore[arg-type]
+        self._take_back()
+        self._expire_parked()
+        _expire(rejected, self._selector)
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: back off, keep serving
+                logger.error("accept failed: %s", exc)
+                time.sleep(0.1)
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Connection(sock, f"{address[0]}:{address[1]}", self.limits)
+            conn.head_due = time.monotonic() + self.timeouts.header  # the first head: from now
+            self._park(conn)
+
+    def _park(self, conn: _Connection) -> None:
+        """Hold ``conn`` in the selector until a complete head (or its deadline)."""
+        if conn.http.is_idle and conn.head_due is None and self.is_draining:
+            conn.sock.close()
+            return
+        conn.sock.setblocking(False)
+        conn.timeout = 0.0
         try:
-            sock, address = listener.accept()
+            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+        except (ValueError, OSError):  # closed meanwhile
+            conn.sock.close()
+            return
+        self._parked.add(conn)
+        self._set_deadline(conn)
+
+    def _set_deadline(self, conn: _Connection) -> None:
+        now = time.monotonic()
+        if conn.http.is_idle and conn.head_due is None:
+            deadline = now + self.timeouts.idle
+        else:
+            if conn.head_due is None:
+                conn.head_due = now + self.timeouts.header
+            deadline = min(conn.head_due, now + self.timeouts.read)
+        conn.deadline = deadline
+        heapq.heappush(self._due, (deadline, self._order(), conn))
+        if len(self._due) > 1024 + 4 * len(self._parked):  # mostly stale entries: rebuild
+            self._due = [(c.deadline, self._order(), c) for c in self._parked]
+            heapq.heapify(self._due)
+
+    def _unpark(self, conn: _Connection) -> None:
+        self._parked.discard(conn)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._selector.unregister(conn.sock)
+
+    def _expire_parked(self) -> None:
+        due, now = self._due, time.monotonic()
+        while due and due[0][0] <= now:
+            deadline, _, conn = heapq.heappop(due)
+            if conn in self._parked and conn.deadline == deadline:
+                self._unpark(conn)
+                conn.sock.close()
+
+    def _take_back(self) -> None:
+        """Park the connections workers finished with (they wait for a next request)."""
+        while True:
+            try:
+                conn = self._returned.get_nowait()
+            except queue.Empty:
+                return
+            self._park(conn)
+
+    def _on_readable(self, conn: _Connection, rejected: dict[socket.socket, float]) -> None:
+        try:
+            data = conn.sock.recv(_RECEIVE_SIZE)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as exc:  # EMFILE and friends: back off, keep serving
-            logger.error("accept failed: %s", exc)
-            time.sleep(0.1)
+        except OSError:  # reset
+            self._unpark(conn)
+            conn.sock.close()
             return
-        peer = f"{address[0]}:{address[1]}"
-        sock.setblocking(True)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._workers.try_submit(self._serve_connection, sock, peer):
+        conn.http.receive_data(data)
+        event = conn.http.next_event()
+        if isinstance(event, NeedData):
+            self._set_deadline(conn)  # a head under way: its deadline from the first byte on
             return
-        logger.warning("server busy (%d workers): refused %s", self._workers.size, peer)
+        self._unpark(conn)
+        conn.head_due = None
+        if isinstance(event, RequestHead):
+            conn.sock.setblocking(True)
+            conn.timeout = None
+            if self.is_draining:
+                conn.http.stop_keep_alive()
+            if self._workers.try_submit(self._serve_connection, conn, event):
+                return
+            logger.warning("server busy (%d workers): refused %s", self._workers.size, conn.peer)
+            self._refuse(conn.sock, SERVER_BUSY_RESPONSE, rejected)
+        elif isinstance(event, ProtocolFailure):
+            logger.info("protocol failure from %s (%d): %s", conn.peer, event.status, event.detail)
+            self._refuse(conn.sock, event.response_bytes, rejected)
+        else:  # closed
+            conn.sock.close()
+
+    def _refuse(
+        self, sock: socket.socket, answer: bytes, rejected: dict[socket.socket, float]
+    ) -> None:
+        """Send a short final answer without blocking, then linger (see :meth:`run`)."""
         sock.setblocking(False)
         try:
-            sock.send(SERVER_BUSY_RESPONSE)
+            sock.send(answer)
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             sock.close()
@@ -307,14 +423,9 @@ class BlockingServer:
             sock.close()
             return
         rejected[sock] = time.monotonic() + self.timeouts.linger
-        selector.register(sock, selectors.EVENT_READ, "linger")
+        self._selector.register(sock, selectors.EVENT_READ, "linger")
 
-    def _linger(
-        self,
-        sock: socket.socket,
-        selector: selectors.BaseSelector,
-        rejected: dict[socket.socket, float],
-    ) -> None:
+    def _linger(self, sock: socket.socket, rejected: dict[socket.socket, float]) -> None:
         try:
             if sock.recv(_RECEIVE_SIZE):
                 return
@@ -322,52 +433,70 @@ class BlockingServer:
             return
         except OSError:
             pass
-        selector.unregister(sock)
+        self._selector.unregister(sock)
         rejected.pop(sock, None)
         sock.close()
 
-    def _drain(self, grace: float) -> None:
+    def _drain(self, grace: float, rejected: dict[socket.socket, float]) -> None:
+        """Close idle connections; let heads under way and requests in flight finish
+        within ``grace``."""
         self.is_draining = True
         for conn in list(self._connections):
             conn.http.stop_keep_alive()
-            if conn.is_waiting_idle:  # wake its blocked read: it closes
-                with contextlib.suppress(OSError):
-                    conn.sock.shutdown(socket.SHUT_RD)
-        if not self._workers.wait_idle(grace):
+        for conn in list(self._parked):
+            if conn.http.is_idle and conn.head_due is None:
+                self._unpark(conn)
+                conn.sock.close()
+        deadline = time.monotonic() + grace
+        while self._parked or self._workers.busy:
+            if time.monotonic() >= deadline:
+                break
+            self._select(rejected, None)
+        self._take_back()
+        if self._workers.busy:
             logger.warning("grace period over: closing %d connections", self._workers.busy)
             for conn in list(self._connections):
                 with contextlib.suppress(OSError):
                     conn.sock.shutdown(socket.SHUT_RDWR)
             self._workers.wait_idle(2)
 
-    # -- one connection, one request at a time (a worker thread) -------------------------
+    # -- a worker thread: one complete head, then what the connection has buffered --------
 
-    def _serve_connection(self, sock: socket.socket, peer: str) -> None:
-        conn = _Connection(sock, peer, self.limits)
+    def _serve_connection(self, conn: _Connection, head: RequestHead) -> None:
         self._connections.add(conn)
+        handed_back = False
         try:
-            self._serve_requests(conn)
+            event: HTTPEvent = head
+            while True:
+                if isinstance(event, RequestHead):
+                    self._handle_request(conn, event)
+                elif isinstance(event, ProtocolFailure):
+                    logger.info(
+                        "protocol failure from %s (%d): %s", conn.peer, event.status, event.detail
+                    )
+                    self._send(conn, event.response_bytes)
+                    break
+                else:
+                    break
+                if conn.is_broken:
+                    break
+                event = conn.http.next_event()
+                if isinstance(event, NeedData):  # waits for more: back to the selector
+                    self._connections.discard(conn)
+                    handed_back = True
+                    self._returned.put(conn)
+                    self._wake()
+                    return
         except ClientGone:
             pass
         except Exception:  # the boundary: one broken connection must not stop the server
             logger.exception("connection handler failed")
         finally:
-            self._connections.discard(conn)
-            self._close(conn)
-
-    def _serve_requests(self, conn: _Connection) -> None:
-        while not conn.is_broken:
-            event = self._next_event(conn)
-            if isinstance(event, RequestHead):
-                self._handle_request(conn, event)
-            elif isinstance(event, ProtocolFailure):
-                logger.info(
-                    "protocol failure from %s (%d): %s", conn.peer, event.status, event.detail
-                )
-                self._send(conn, event.response_bytes)
-                break
-            else:
-                break
+            if not handed_back:
+                self._connections.discard(conn)
+                self._close(conn)
+                if self.is_draining:
+                    self._wake()  # the selector thread waits for the workers to finish
 
     def _handle_request(self, conn: _Connection, head: RequestHead) -> None:
         exchange = _Exchange(self.serving, head)
@@ -376,7 +505,7 @@ class BlockingServer:
             head,
             request_id=exchange.request_id,
             now=time.time(),
-            entropy=secrets.token_bytes(32),
+            entropy=entropy(),
             scheme="http",
         )
         try:
@@ -500,14 +629,31 @@ class BlockingServer:
         except ClientGone:
             exchange.is_finished = True
             raise ClientBodyError(FailureReason.CLIENT, "client went away", aborted=True) from None
+        http, timeouts = conn.http, self.timeouts
         received = 0
+        waited = 0.0
         while True:
-            event = self._next_event(conn)
+            event = http.next_event()
+            if isinstance(event, NeedData):
+                data = None
+                now = time.monotonic()
+                wait = timeouts.body_deadline(now, received, waited) - now
+                if wait > 0:
+                    try:
+                        conn.settimeout(wait)
+                        data = conn.sock.recv(_RECEIVE_SIZE)
+                    except OSError:  # timed out (TimeoutError is one), reset, shut down
+                        pass
+                waited += time.monotonic() - now
+                if data is not None:
+                    http.receive_data(data)
+                    continue
+                event = ConnectionClosed()
             if isinstance(event, BodyChunk):
                 received += len(event.data)
                 if limit and received > limit:
                     exchange.is_body_done = True
-                    conn.http.stop_keep_alive()
+                    http.stop_keep_alive()
                     raise ClientBodyError(FailureReason.BODY_TOO_LARGE, f"body over {limit} bytes")
                 yield event.data
                 continue
@@ -519,31 +665,9 @@ class BlockingServer:
                     FailureReason.BODY_TOO_LARGE if event.status == 413 else FailureReason.CLIENT
                 )
                 raise ClientBodyError(reason, event.detail)
-            exchange.is_finished = True  # closed, or stalled past the read timeout
+            exchange.is_finished = True  # closed, or stalled past its deadline
             conn.is_broken = True
             raise ClientBodyError(FailureReason.CLIENT, "client went away", aborted=True)
-
-    def _next_event(self, conn: _Connection) -> HTTPEvent:
-        """The next event, reading as needed; a read timeout or dead socket is ConnectionClosed."""
-        while True:
-            event = conn.http.next_event()
-            if not isinstance(event, NeedData):
-                return event
-            idle = conn.http.is_idle
-            conn.is_waiting_idle = idle
-            if idle and self.is_draining:  # checked after the flag: see _drain
-                return ConnectionClosed()
-            data = None
-            try:
-                conn.settimeout(self.timeouts.idle if idle else self.timeouts.read)
-                data = conn.sock.recv(_RECEIVE_SIZE)
-            except OSError:  # timed out (TimeoutError is one), reset, shut down
-                pass
-            conn.is_waiting_idle = False
-            if data is None:  # timed out, reset, or woken at shutdown
-                conn.is_broken = True
-                return ConnectionClosed()
-            conn.http.receive_data(data)
 
     def _send(self, conn: _Connection, data: bytes) -> None:
         if not data:

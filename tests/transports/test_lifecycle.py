@@ -5,7 +5,8 @@
   flight finish on the old one, and a broken config is refused (logged) while
   the old one keeps serving.
 - 200 concurrent keep-alive clients are all answered; the blocking driver
-  answers 503 JSON when its workers are all busy instead of queueing.
+  answers 503 JSON when its workers are all busy with requests instead of
+  queueing (idle keep-alive connections hold no worker).
 """
 
 from __future__ import annotations
@@ -157,20 +158,24 @@ def test_blocking_driver_answers_503_when_its_workers_are_busy(
 ) -> None:
     server = start("h11", proxy_config(upstream), tmp_path, args=["--workers", "2"])
     try:
-        held = [Client(server.connect()) for _ in range(2)]
-        for client in held:  # each keep-alive connection holds a worker
+        idle = [Client(server.connect()) for _ in range(3)]
+        for client in idle:  # idle keep-alive connections hold no worker
             assert client.get("/version")[0] == 200
-        refused = Client(server.connect())
-        started = time.monotonic()
-        status, headers, body = refused.get("/version")
-        assert time.monotonic() - started < 2  # answered at once, not queued
-        assert status == 503
-        assert json.loads(body) == {"error": "Server busy", "code": "SERVER_BUSY"}
-        assert headers["connection"] == "close"
-        assert refused.is_closed_within(5)
-        held[0].close()  # a worker frees up: new connections are served again
+        with ThreadPoolExecutor(2) as pool:
+            slow = [pool.submit(get, server, "/v1/slow?seconds=2") for _ in range(2)]
+            upstream.wait_for(2)  # both workers are busy with a request
+            refused = Client(server.connect())
+            started = time.monotonic()
+            status, headers, body = refused.get("/version")
+            assert time.monotonic() - started < 1.5  # answered at once, not queued
+            assert status == 503
+            assert json.loads(body) == {"error": "Server busy", "code": "SERVER_BUSY"}
+            assert headers["connection"] == "close"
+            assert refused.is_closed_within(5)
+            assert [answer.result(timeout=10)[0] for answer in slow] == [200, 200]
+        # The workers are free again: new and kept-alive connections are served.
         _wait_until(lambda: get(server, "/version")[0] == 200)
-        assert held[1].get("/version")[0] == 200
+        assert [client.get("/version")[0] for client in idle] == [200, 200, 200]
         assert "server busy" in server.log
     finally:
         assert server.stop() == 0
