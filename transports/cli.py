@@ -28,7 +28,7 @@ from sapg_core import (
 
 from ._common import Loaded
 from ._demo import demo_config
-from ._logging import configure_logging
+from ._logging import configure_logging, flush_access_log
 from ._record import TraceRecorder
 from ._serve import _positive, add_server_arguments, run_driver, timeouts_from
 from ._services import ServiceRegistry, check_services, load_services, parse_binding
@@ -278,6 +278,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             services=None if first is None else first.services,
         )
     finally:
+        flush_access_log()  # the lines of the last requests (at exit too: belt and braces)
         for registry in registries:
             registry.close()
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .servers import KINDS, Server, StreamingUpstream, free_port, start
+from .servers import KINDS, Client, Server, StreamingUpstream, free_port, start
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
@@ -120,3 +122,33 @@ def test_text_access_log_and_levels(upstream: StreamingUpstream, tmp_path: Path)
     quiet.stop()
     assert "access" not in quiet.log
     assert "sapg: ERROR request " in quiet.log  # errors still are
+
+
+@pytest.mark.parametrize("kind", ["trio", "asyncio", "h11"])
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_every_access_line_is_written_when_sigterm_follows_the_requests(
+    kind: str, fmt: str, upstream: StreamingUpstream, tmp_path: Path
+) -> None:
+    requests = 300
+    server = start(kind, config(upstream), tmp_path, args=["--log-format", fmt])
+    client = Client(server.connect())
+    for index in range(requests):
+        assert client.get(f"/health?n={index}")[0] == 200
+    server.signal(signal.SIGTERM)  # at once: the last lines are still buffered
+    client.close()
+    assert server.process.wait(timeout=20) == 0
+    deadline = time.monotonic() + 5  # the process is gone; its stderr may still be read
+    while True:
+        if fmt == "json":
+            entries = [json.loads(line) for line in server.lines if line.startswith("{")]
+            access = [e for e in entries if e["logger"] == "sapg.access"]
+            assert all(e["path"] == "/health" for e in access)
+            ids = [e["request_id"] for e in access]
+        else:
+            lines = [line for line in server.lines if line.startswith("sapg: INFO access GET ")]
+            ids = [int(line.rsplit("id=", 1)[1]) for line in lines]
+        if len(ids) >= requests or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(ids) == requests, server.log[-2000:]
+    assert ids == sorted(ids) and len(set(ids)) == requests  # in order, none twice
