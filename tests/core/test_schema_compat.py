@@ -25,13 +25,20 @@ from sapg_core._config import (
 )
 from sapg_core._schema import SCHEMA
 
-COMPAT = Path(__file__).resolve().parents[3] / "shared" / "compat"
+#: The original's schema and example configs, copied from ``shared/compat`` so that a
+#: clone without ``shared/`` beside it runs every test (``test_compat_copy_is_current``
+#: checks the copy whenever ``shared/`` is there).
+COMPAT = Path(__file__).resolve().parents[1] / "data" / "compat"
+SHARED_COMPAT = Path(__file__).resolve().parents[3] / "shared" / "compat"
 ORIGINAL_SCHEMA = COMPAT / "api-config.schema.json"
 
-pytestmark = pytest.mark.skipif(
-    not ORIGINAL_SCHEMA.is_file(),
-    reason=f"the original schema and examples are not at {COMPAT} (shared/compat missing)",
-)
+
+@pytest.mark.skipif(not SHARED_COMPAT.is_dir(), reason="shared/ is not beside this checkout")
+def test_compat_copy_is_current() -> None:
+    shared = {p.name: p.read_bytes() for p in SHARED_COMPAT.glob("*.json")}
+    copied = {p.name: p.read_bytes() for p in COMPAT.glob("*.json")}
+    assert shared, "shared/compat holds no JSON files"
+    assert copied == shared
 
 #: Plausible values for every placeholder the examples use.
 ENV = {
