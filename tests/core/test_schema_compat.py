@@ -40,6 +40,7 @@ def test_compat_copy_is_current() -> None:
     assert shared, "shared/compat holds no JSON files"
     assert copied == shared
 
+
 #: Plausible values for every placeholder the examples use.
 ENV = {
     "AUTH0_DOMAIN": "tenant.us.auth0.com",
