@@ -83,6 +83,7 @@ from ._http import (
     BodyEnd as BodyEnd,
     ConnectionClosed as ConnectionClosed,
     HTTPEvent as HTTPEvent,
+    LocalProtocolError as LocalProtocolError,
     NeedData as NeedData,
     ProtocolFailure as ProtocolFailure,
     RequestHead as RequestHead,

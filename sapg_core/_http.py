@@ -1,40 +1,72 @@
-"""Sans-IO HTTP/1.1 server glue on h11: bytes in, small events out; responses in, bytes out.
+"""Sans-IO HTTP/1.1 server glue on two parsers: bytes in, small events out; responses in, bytes out.
 
 Theory of operation. A driver owns one :class:`ServerConnection` per client
 socket and runs one loop: feed what the socket gave to :meth:`receive_data`,
 then call :meth:`next_event` until it returns :class:`NeedData` (read more)
 or :class:`ConnectionClosed` (close the socket). Requests come one at a time
-and are answered in order; h11 keeps any pipelined bytes buffered until the
-current response is finished (RFC 9112 §9.3.2: "A server MAY process a
-sequence of pipelined requests in parallel if they all have safe methods, but
-it MUST send the corresponding responses in the same order").
+and are answered in order; the bytes or events of a pipelined request wait
+until the current response is finished (RFC 9112 §9.3.2: "A server MAY
+process a sequence of pipelined requests in parallel if they all have safe
+methods, but it MUST send the corresponding responses in the same order").
+
+Two parsers can read the requests (``backend=``): httptools (llhttp, C,
+:mod:`sapg_core._llhttp_backend`) for speed and h11 (pure Python,
+:mod:`sapg_core._h11_backend`), the reference. Each turns bytes into the
+same raw events (:mod:`sapg_core._wire`); every rule that is not parsing is
+applied here, once, to those: so the two give the same events and the same
+answers, which a differential test holds them to. The rules beyond the
+parsers' own, for what could smuggle a request past a front proxy (RFC 9112
+§6.1, §6.3): ``Content-Length`` with ``Transfer-Encoding`` is 400 (as nginx
+answers), and so is ``Transfer-Encoding`` in an HTTP/1.0 request, more than
+one ``Content-Length`` field, a ``Content-Length`` that is not plain digits or
+is over 2**63 - 1, an HTTP version other than 1.0 and 1.1, a method llhttp
+does not know, and a 1.1 request without exactly one ``Host``; a transfer
+coding other than exactly ``chunked`` is 501, as h11 answers it.
+
+Responses are rendered by our own writer (:mod:`sapg_core._wire`) whichever
+parser runs, framed here: ``Content-Length`` when the length is known,
+chunked for a streamed HTTP/1.1 response, until close for HTTP/1.0; no body
+for ``HEAD``, 204 and 304. A header the writer refuses (CR, LF, NUL in a
+value, a name that is not a token) raises :class:`LocalProtocolError`.
 
 Once the response is complete, :meth:`next_event` reads and discards whatever
 is left of the request body (bounded by the body limit), then moves on to the
 next request by itself: the driver never has to drain or restart a cycle. If
 the connection cannot carry another request (``Connection: close``, HTTP/1.0,
 a protocol failure, :meth:`stop_keep_alive`), it returns
-:class:`ConnectionClosed` instead.
+:class:`ConnectionClosed` instead. One exception to draining: a client that
+sent ``Expect: 100-continue`` and was answered before it was told to send its
+body may never send it, or send it later; reading on would take its next
+request for that body, so the connection closes after such an answer.
 
 Limits are enforced here, so every driver enforces them the same way: a head
-larger than ``max_header_bytes`` is answered 431, a declared or streamed body
-larger than ``max_body_bytes`` 413 and anything h11 refuses 400 (501 for an
-unknown transfer coding), each as a :class:`ProtocolFailure` carrying the
-bytes to send before closing. Nothing here reads a clock: the driver passes
-the ``Date`` value in.
+larger than ``max_header_bytes`` is answered 431 (an incomplete one as soon as
+it is over), a declared or streamed body larger than ``max_body_bytes`` 413
+and anything malformed 400 (501 for an unknown transfer coding), each as a
+:class:`ProtocolFailure` carrying the bytes to send before closing. Nothing
+here reads a clock: the driver passes the ``Date`` value in.
 """
 
 from __future__ import annotations
 
-import http
-import sys
 from typing import Final
 
 import attrs
-import h11
 
 from ._errors import BodyTooLarge, GatewayError
 from ._events import Headers
+from ._h11_backend import H11Parser
+from ._llhttp_backend import LLHTTPParser
+from ._wire import (
+    END,
+    LAST_CHUNK,
+    LocalProtocolError,
+    Parser,
+    RawFailure,
+    RawHead,
+    chunk,
+    render_head,
+)
 
 __all__ = [
     "PARSER_BACKENDS",
@@ -42,12 +74,17 @@ __all__ = [
     "BodyEnd",
     "ConnectionClosed",
     "HTTPEvent",
+    "LocalProtocolError",
     "NeedData",
     "ProtocolFailure",
     "RequestHead",
     "ServerConnection",
     "ServerLimits",
 ]
+
+#: The request parsers :class:`ServerConnection` can run on: httptools (llhttp,
+#: C, fast) and h11 (pure Python, the reference).
+PARSER_BACKENDS: Final = ("httptools", "h11")
 
 
 @attrs.frozen(kw_only=True)
@@ -139,46 +176,151 @@ _FAILURES: Final[dict[int, GatewayError]] = {
     501: GatewayError("Transfer coding not implemented", status=501, code="NOT_IMPLEMENTED"),
 }
 
-#: The request parsers :class:`ServerConnection` can run on: httptools (llhttp,
-#: C, fast) and h11 (pure Python, the reference).
-PARSER_BACKENDS: Final = ("httptools", "h11")
-
-_UNLIMITED: Final = sys.maxsize
-_RESPONSE_DONE: Final = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
-
-
-_REASONS: Final[dict[int, bytes]] = {
-    status.value: status.phrase.encode("ascii") for status in http.HTTPStatus
-}
-
-
-def _reason(status: int) -> bytes:
-    return _REASONS.get(status, b"")
-
 
 def _render_failure(status: int) -> bytes:
-    error = _FAILURES[status]
-    body = error.body()
+    body = _FAILURES[status].body()
     headers = [
         (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode("ascii")),
+        (b"content-length", b"%d" % len(body)),
         (b"x-powered-by", b"sapg"),
         (b"connection", b"close"),
     ]
-    # A fresh h11 connection renders it, so the real one stays free for the
-    # core's own answer when the failure comes in the middle of a body.
-    writer = h11.Connection(h11.SERVER)
-    response = h11.Response(status_code=status, headers=headers, reason=_reason(status))
-    return (
-        writer.send(response) + writer.send(h11.Data(data=body)) + writer.send(h11.EndOfMessage())
-    )
+    return render_head(status, headers, body)
 
 
 _FAILURE_BYTES: Final = {status: _render_failure(status) for status in _FAILURES}
 
+#: The methods llhttp knows (it refuses any other token); h11 is held to the same list.
+_METHODS: Final = frozenset(
+    b"ACL BIND CHECKOUT CONNECT COPY DELETE GET HEAD LINK LOCK M-SEARCH MERGE MKACTIVITY "
+    b"MKCALENDAR MKCOL MOVE NOTIFY OPTIONS PATCH POST PROPFIND PROPPATCH PURGE PUT QUERY "
+    b"REBIND REPORT SEARCH SOURCE SUBSCRIBE TRACE UNBIND UNLINK UNLOCK UNSUBSCRIBE".split()
+)
+_SPECIAL: Final = frozenset(
+    (b"content-length", b"transfer-encoding", b"connection", b"host", b"expect")
+)
+_FRAMING: Final = frozenset(("content-length", "transfer-encoding", "connection", "date"))
+_MAX_CONTENT_LENGTH: Final = 2**63 - 1
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
-    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+# Request side: waiting for a head, in the body, complete.
+_WAITING: Final = 0
+_BODY: Final = 1
+_DONE: Final = 2
+# Response side: not started, head sent, complete.
+_IDLE: Final = 0
+_SENDING: Final = 1
+_SENT: Final = 2
+# Response framing.
+_NONE: Final = 0
+_LENGTH: Final = 1
+_CHUNKED: Final = 2
+_UNTIL_CLOSE: Final = 3
+
+_NEED_DATA: Final = NeedData()
+_BODY_END: Final = BodyEnd()
+_CLOSED: Final = ConnectionClosed()
+
+
+def _codings(value: bytes) -> list[bytes]:
+    """The transfer codings of one field value, as h11 reads them: lower-cased, empties dropped."""
+    return [coding.strip().lower() for coding in value.split(b",") if coding.strip()]
+
+
+def _declared_length(
+    http10: bool, length: bytes | None, lengths: int, codings: list[bytes] | None
+) -> tuple[int | None, int, str]:
+    """The request body's framing (RFC 9112 §6.3), strictly.
+
+    Returns:
+        (content length, or ``None`` for chunked; 0 or the status to refuse
+        the request with; why).
+    """
+    if codings is not None:
+        if codings != [b"chunked"]:
+            return None, 501, "only Transfer-Encoding: chunked is supported"
+        if http10:
+            return None, 400, "Transfer-Encoding in an HTTP/1.0 request"
+        if length is not None:
+            return None, 400, "Content-Length with Transfer-Encoding"
+        return None, 0, ""
+    if length is None:
+        return 0, 0, ""
+    if lengths > 1:
+        return 0, 400, "more than one Content-Length"
+    if not length.isdigit() or int(length) > _MAX_CONTENT_LENGTH:
+        return 0, 400, "bad Content-Length"
+    return int(length), 0, ""
+
+
+def _scan(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[list[tuple[str, str]], int, bytes | None, int, list[bytes] | None, bool, bool, int]:
+    """One pass over a request's headers.
+
+    Returns:
+        The str form for the core, the fields' size, the last
+        Content-Length value and how many there were, the transfer codings,
+        whether the client asked to close, whether it expects 100 Continue,
+        and how many Host fields there were.
+    """
+    length: bytes | None = None
+    codings: list[bytes] | None = None
+    lengths = hosts = size = 0
+    close = expect = False
+    decoded = []
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+        if name in _SPECIAL:
+            if name == b"content-length":
+                length = value
+                lengths += 1
+            elif name == b"transfer-encoding":
+                codings = (codings or []) + _codings(value)
+            elif name == b"connection":
+                close = close or _has_close(value)
+            elif name == b"host":
+                hosts += 1
+            else:
+                expect = value.lower() == b"100-continue"
+        decoded.append((name.decode("latin-1"), value.decode("latin-1")))
+    return decoded, size, length, lengths, codings, close, expect, hosts
+
+
+def _caller_headers(
+    headers: Headers, ours: bool
+) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool, bool]:
+    """A response's headers as bytes, without the framing we write ourselves.
+
+    Args:
+        headers: the caller's headers.
+        ours: whether we write the Content-Length (the caller's is dropped).
+
+    Returns:
+        The other headers (names lower-cased), the caller's Content-Length if
+        kept, whether it gave a Date, whether it asked to close.
+    """
+    raw: list[tuple[bytes, bytes]] = []
+    given: bytes | None = None
+    has_date = close = False
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in _FRAMING:
+            if lowered == "transfer-encoding" or (ours and lowered == "content-length"):
+                continue
+            if lowered == "content-length":
+                given = value.encode("latin-1")
+                continue  # written once, by the caller of this
+            if lowered == "connection":
+                close = close or _has_close(value.encode("latin-1"))
+                continue  # written once, by the caller of this
+            has_date = True
+        raw.append((lowered.encode("latin-1"), value.encode("latin-1")))
+    return raw, given, has_date, close
+
+
+def _has_close(value: bytes) -> bool:
+    return b"close" in (part.strip() for part in value.lower().split(b","))
 
 
 class ServerConnection:
@@ -197,15 +339,22 @@ class ServerConnection:
             raise ValueError(f"unknown HTTP parser backend {backend!r}; one of {PARSER_BACKENDS}")
         self.backend = backend
         self.limits = limits if limits is not None else ServerLimits()
-        self._h11 = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes or _UNLIMITED
-        )
+        head = self.limits.max_header_bytes
+        self._parser: Parser = LLHTTPParser(head) if backend == "httptools" else H11Parser(head)
+        self._max_body = self.limits.max_body_bytes
         self._eof = False
         self._must_close = False
         self._failed = False
-        self._body_bytes = 0
+        self._closed = False
+        self._req = _WAITING
+        self._resp = _IDLE
+        self._keep = True
+        self._http10 = False
         self._method = b""
-        self._body_allowed = True
+        self._body_bytes = 0
+        self._expect = False
+        self._framing = _NONE
+        self._remaining = 0
 
     # -- receiving ---------------------------------------------------------
 
@@ -213,7 +362,7 @@ class ServerConnection:
         """Feed bytes read from the socket; ``b""`` means the client closed its side."""
         if not data:
             self._eof = True
-        self._h11.receive_data(data)
+        self._parser.feed(data)
 
     def next_event(self) -> HTTPEvent:
         """Return the next thing that happened on the connection.
@@ -225,95 +374,110 @@ class ServerConnection:
             :class:`ConnectionClosed` from the next call on).
 
         Raises:
-            h11.LocalProtocolError: called after the request body ended but
+            LocalProtocolError: called after the request body ended but
                 before the response was sent: a driver bug.
         """
+        parser = self._parser
         while True:
-            if self._failed or self._h11.our_state in (h11.MUST_CLOSE, h11.CLOSED):
-                return ConnectionClosed()
-            if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
-                self._start_next_cycle()
-            try:
-                event = self._h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                # h11 quotes the offending bytes after a colon; they may hold
-                # credentials (a query string, a header), so keep only the reason.
-                return self._fail(exc.error_status_hint, str(exc).split(":", 1)[0])
-            result = self._translate(event)
-            if result is not None:
-                return result
+            if self._failed or self._closed:
+                return _CLOSED
+            if (self._resp == _SENT or self._req == _DONE) and (gate := self._between()):
+                return gate
+            event = parser.next()
+            if event is None:
+                return _NEED_DATA
+            kind = type(event)
+            if kind is bytes:
+                if chunk_event := self._on_data(event):  # type: ignore[arg-type]
+                    return chunk_event
+            elif event is END:
+                self._req = _DONE
+                self._expect = False
+                if self._resp != _SENT:
+                    return _BODY_END
+            elif kind is RawHead:
+                return self._on_head(event)  # type: ignore[arg-type]
+            elif kind is RawFailure:
+                return self._fail(event.status, event.detail)  # type: ignore[union-attr]
+            else:  # EOF between requests
+                self._closed = True
+                return _CLOSED
 
-    def _translate(
-        self, event: h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
-    ) -> HTTPEvent | None:
-        draining = self._h11.our_state is h11.DONE
-        if event is h11.NEED_DATA:
-            return NeedData()
-        if event is h11.PAUSED:
-            raise h11.LocalProtocolError("the request is complete: send the response first")
-        if isinstance(event, h11.Request):
-            return self._on_request(event)
-        if isinstance(event, h11.Data):
-            self._body_bytes += len(event.data)
-            if self.limits.max_body_bytes and self._body_bytes > self.limits.max_body_bytes:
-                return self._fail(413, "request body over the limit")
-            return None if draining else BodyChunk(data=bytes(event.data))
-        if isinstance(event, h11.EndOfMessage):
-            return None if draining else BodyEnd()
-        if isinstance(event, h11.ConnectionClosed):
-            return ConnectionClosed()
-        raise AssertionError(f"unexpected h11 event {event!r}")  # pragma: no cover
+    def _between(self) -> HTTPEvent | None:
+        """After the response, or between the request's end and the response."""
+        if self._resp == _SENT:
+            if self._must_close or self._eof or not self._keep:
+                self._closed = True
+                return _CLOSED
+            if self._req == _DONE:
+                self._next_cycle()
+            return None  # go on: the next request, or the rest of this body to drain
+        if self._parser.has_buffered():  # the next request waits for this response
+            raise LocalProtocolError("the request is complete: send the response first")
+        return _NEED_DATA
 
-    def _on_request(self, request: h11.Request) -> HTTPEvent:
-        # One pass over the (already validated, lower-cased) headers: framing,
-        # "Connection: close", the head's size, and the str form for the core.
-        content_length: int | None = 0
-        chunked = False
-        close = False
-        head_size = len(request.method) + len(request.target) + 12
-        decoded = []
-        for name, value in request.headers:
-            head_size += len(name) + len(value) + 4
-            if name == b"content-length":
-                content_length = int(value)  # h11 has validated it
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"connection":
-                close = close or b"close" in (part.strip() for part in value.lower().split(b","))
-            decoded.append((name.decode("latin-1"), value.decode("latin-1")))
-        if chunked:
-            content_length = None
-        # h11 bounds only an *incomplete* head; one that arrives whole is measured here.
-        if self.limits.max_header_bytes and head_size > self.limits.max_header_bytes:
-            return self._fail(431, f"request head of {head_size} bytes is over the limit")
-        limit = self.limits.max_body_bytes
-        if limit and content_length is not None and content_length > limit:
-            return self._fail(413, f"declared body of {content_length} bytes is over the limit")
-        self._method = bytes(request.method)
-        self._body_bytes = 0
-        http_version = request.http_version.decode("ascii")
+    def _on_data(self, data: bytes) -> HTTPEvent | None:
+        self._expect = False
+        self._body_bytes += len(data)
+        if self._max_body and self._body_bytes > self._max_body:
+            return self._fail(413, "request body over the limit")
+        return BodyChunk(data=data) if self._resp != _SENT else None  # else: draining
+
+    def _on_head(self, head: RawHead) -> HTTPEvent:
+        version = head.version
+        if version == "1.1":
+            http10 = False
+        elif version == "1.0":
+            http10 = True
+        else:
+            return self._fail(400, f"HTTP/{version} is not served")
+        method = head.method
+        if method not in _METHODS:
+            return self._fail(400, "unknown method")
+        decoded, size, length, lengths, codings, close, expect, hosts = _scan(head.headers)
+        size += len(method) + len(head.target) + 12
+        if hosts > 1 or (hosts == 0 and not http10):
+            return self._fail(400, "a request needs exactly one Host")
+        content_length, status, detail = _declared_length(http10, length, lengths, codings)
+        # The parsers bound only an *incomplete* head; one that arrives whole is measured here.
+        limits = self.limits
+        if not status and limits.max_header_bytes and size > limits.max_header_bytes:
+            status, detail = 431, f"request head of {size} bytes is over the limit"
+        if not status and content_length and self._max_body and content_length > self._max_body:
+            status, detail = 413, f"declared body of {content_length} bytes is over the limit"
+        if status:
+            return self._fail(status, detail)
+        self._req = _BODY
+        self._method = method
+        self._http10 = http10
+        self._keep = not (http10 or close)
+        self._expect = expect and not http10 and content_length != 0
         return RequestHead(
-            method=self._method.decode("latin-1"),
-            target=bytes(request.target).decode("latin-1"),
+            method=method.decode("latin-1"),
+            target=head.target.decode("latin-1"),
             headers=tuple(decoded),
-            http_version=http_version,
-            keep_alive=http_version == "1.1" and not close,
+            http_version=version,
+            keep_alive=self._keep,
             content_length=content_length,
         )
 
     def _fail(self, status: int, detail: str) -> HTTPEvent:
         self._failed = True
         self._must_close = True
-        if self._eof or self.is_response_done:  # nobody to answer, or answered already
-            return ConnectionClosed()
+        if self._eof or self._resp == _SENT:  # nobody to answer, or answered already
+            return _CLOSED
         status = status if status in _FAILURES else 400
         return ProtocolFailure(status=status, detail=detail, response_bytes=_FAILURE_BYTES[status])
 
-    def _start_next_cycle(self) -> None:
-        self._h11.start_next_cycle()
+    def _next_cycle(self) -> None:
+        self._parser.next_cycle()
+        self._req = _WAITING
+        self._resp = _IDLE
+        self._keep = True
         self._method = b""
         self._body_bytes = 0
-        self._body_allowed = True
+        self._expect = False
+        self._framing = _NONE
 
     # -- sending -----------------------------------------------------------
 
@@ -322,72 +486,133 @@ class ServerConnection:
 
         Call this before reading a body the request will need.
         """
-        if not self._h11.they_are_waiting_for_100_continue:
+        if not self._expect or self._resp != _IDLE:
             return b""
-        return self._h11.send(
-            h11.InformationalResponse(status_code=100, headers=[], reason=_reason(100))
-        )
+        self._expect = False
+        return _CONTINUE
 
     def send_response(
         self, status: int, headers: Headers, body: bytes = b"", *, date: str | None = None
     ) -> bytes:
-        """Render a whole response, framed with ``Content-Length: len(body)``.
+        """Render a whole response, framed with ``Content-Length: len(body)``, as one bytes object.
 
         The body is left out for ``HEAD`` requests and 204/304 answers, where
         a ``Content-Length`` the caller gave is kept (it describes the body a
         ``GET`` would get).
+
+        Raises:
+            LocalProtocolError: a header the writer refuses (see
+                :mod:`sapg_core._wire`), or no request to answer.
         """
-        out = self._head_bytes(status, headers, date=date, length=len(body))
-        return out + self.send_body(body) + self.send_end()
+        raw = self._head(status, headers, date, len(body))
+        out = render_head(status, raw, body if self._framing == _LENGTH else b"")
+        self._resp = _SENT
+        return out
 
     def send_head(self, status: int, headers: Headers, *, date: str | None = None) -> bytes:
         """Render the head of a streamed response.
 
         A ``Content-Length`` the caller gives frames the body; without one,
         the body is sent chunked (or, to an HTTP/1.0 client, until close).
+
+        Raises:
+            LocalProtocolError: as :meth:`send_response`.
         """
-        return self._head_bytes(status, headers, date=date, length=None)
+        raw = self._head(status, headers, date, None)
+        out = render_head(status, raw)
+        self._resp = _SENDING
+        return out
 
     def send_body(self, data: bytes) -> bytes:
-        """Render some body bytes of the response (nothing for a response without a body)."""
-        if not data or not self._body_allowed:
+        """Render some body bytes of the response (nothing for a response without a body).
+
+        Raises:
+            LocalProtocolError: no response head was sent, or more bytes than
+                its ``Content-Length``.
+        """
+        if self._resp != _SENDING:
+            raise LocalProtocolError("send_body before send_head, or after send_end")
+        framing = self._framing
+        if not data or framing == _NONE:
             return b""
-        return self._h11.send(h11.Data(data=data))
+        if framing == _CHUNKED:
+            return chunk(data)
+        if framing == _LENGTH:
+            self._remaining -= len(data)
+            if self._remaining < 0:
+                raise LocalProtocolError("too much data for the declared Content-Length")
+        return data
 
     def send_end(self) -> bytes:
-        """Finish the response."""
-        return self._h11.send(h11.EndOfMessage())
+        """Finish the response.
 
-    def _head_bytes(
-        self, status: int, headers: Headers, *, date: str | None, length: int | None
-    ) -> bytes:
-        self._body_allowed = status not in (204, 304) and self._method != b"HEAD"
+        Raises:
+            LocalProtocolError: no response head was sent, or fewer bytes than
+                its ``Content-Length``.
+        """
+        if self._resp != _SENDING:
+            raise LocalProtocolError("send_end before send_head, or twice")
+        if self._framing == _LENGTH and self._remaining:
+            raise LocalProtocolError("too little data for the declared Content-Length")
+        self._resp = _SENT
+        return LAST_CHUNK if self._framing == _CHUNKED else b""
+
+    def _head(
+        self, status: int, headers: Headers, date: str | None, length: int | None
+    ) -> list[tuple[bytes, bytes]]:
+        if self._resp != _IDLE:
+            raise LocalProtocolError("a response was already started for this request")
+        if self._req == _WAITING:
+            raise LocalProtocolError("there is no request to answer")
+        if status < 200:
+            raise LocalProtocolError("a response needs a final status (100 is send_continue)")
+        if self._expect and self._req != _DONE:
+            # Answered before the client was told to send its body: it may
+            # never send it, so nothing after this answer can be trusted as
+            # the next request. Close (see the module docstring).
+            self._must_close = True
+        body_allowed = status != 204 and status != 304 and self._method != b"HEAD"
         # We frame the body: a caller's Transfer-Encoding always goes; its
         # Content-Length goes too when we know the length (or for a 204), and
         # is kept otherwise (HEAD and 304 describe the body a GET would get).
-        ours = status == 204 or (self._body_allowed and length is not None)
-        raw: list[tuple[bytes, bytes]] = []
-        has_length = has_date = has_close = False
-        for name, value in headers:
-            key = name.lower().encode("latin-1")
-            if key == b"transfer-encoding" or (ours and key == b"content-length"):
-                continue
-            data = value.encode("latin-1")
-            if key == b"content-length":
-                has_length = True
-            elif key == b"date":
-                has_date = True
-            elif key == b"connection":
-                has_close = has_close or b"close" in (p.strip() for p in data.lower().split(b","))
-            raw.append((key, data))
-        if length is not None and status not in (204, 304) and (ours or not has_length):
-            raw.append((b"content-length", str(length).encode("ascii")))
+        ours = status == 204 or (body_allowed and length is not None)
+        raw, given, has_date, asked_close = _caller_headers(headers, ours)
+        closing = self._must_close or not self._keep or asked_close
+        if given is not None:
+            raw.append((b"content-length", given))
+        if body_allowed:
+            closing = self._frame(raw, given, length) or closing
+        else:
+            self._framing = _NONE
+            if length is not None and given is None and status != 204 and status != 304:
+                raw.append((b"content-length", b"%d" % length))
         if date is not None and not has_date:
             raw.append((b"date", date.encode("latin-1")))
-        if self._must_close and not has_close:
+        if closing:
+            self._must_close = True
             raw.append((b"connection", b"close"))
-        response = h11.Response(status_code=status, headers=raw, reason=_reason(status))
-        return self._h11.send(response)
+        return raw
+
+    def _frame(
+        self, raw: list[tuple[bytes, bytes]], given: bytes | None, length: int | None
+    ) -> bool:
+        """Choose the framing of a body; return whether it is delimited by closing."""
+        if length is not None:
+            self._framing = _LENGTH
+            self._remaining = length
+            raw.append((b"content-length", b"%d" % length))
+        elif given is not None:
+            if not given.strip().isdigit():
+                raise LocalProtocolError("the response's Content-Length is not a number")
+            self._framing = _LENGTH
+            self._remaining = int(given)
+        elif not self._http10:
+            self._framing = _CHUNKED
+            raw.append((b"transfer-encoding", b"chunked"))
+        else:
+            self._framing = _UNTIL_CLOSE
+            return True
+        return False
 
     # -- connection state --------------------------------------------------
 
@@ -398,20 +623,12 @@ class ServerConnection:
     @property
     def is_keep_alive(self) -> bool:
         """Whether the connection can carry another request after this one."""
-        if self._must_close or self._eof:
-            return False
-        return self._h11.our_state not in (h11.MUST_CLOSE, h11.CLOSED, h11.ERROR) and (
-            self._h11.their_state not in (h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
-        )
+        return not (self._must_close or self._eof or self._failed) and self._keep
 
     @property
     def is_idle(self) -> bool:
         """Between requests, nothing buffered: the idle timeout applies, not the read one."""
-        return (
-            self._h11.their_state is h11.IDLE
-            and self._h11.our_state is h11.IDLE
-            and not self._h11.trailing_data[0]
-        )
+        return self._req == _WAITING and self._resp == _IDLE and not self._parser.has_buffered()
 
     @property
     def has_unread_input(self) -> bool:
@@ -420,15 +637,14 @@ class ServerConnection:
         Closing then would make the kernel answer them with a reset that can
         destroy the response (RFC 9112 §9.6), so a driver reads them first.
         """
-        finished = (h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
-        return self._h11.their_state not in finished or bool(self._h11.trailing_data[0])
+        return self._req == _BODY or self._parser.has_buffered()
 
     @property
     def is_response_started(self) -> bool:
         """Whether the response head for the current request has been rendered."""
-        return self._h11.our_state is not h11.IDLE and self._h11.our_state is not h11.SEND_RESPONSE
+        return self._resp != _IDLE
 
     @property
     def is_response_done(self) -> bool:
         """Whether the response for the current request is complete."""
-        return self._h11.our_state in _RESPONSE_DONE
+        return self._resp == _SENT

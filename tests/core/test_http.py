@@ -8,6 +8,7 @@ import h11
 import pytest
 
 from sapg_core._http import (
+    PARSER_BACKENDS,
     BodyChunk,
     BodyEnd,
     ConnectionClosed,
@@ -18,6 +19,14 @@ from sapg_core._http import (
     ServerConnection,
     ServerLimits,
 )
+from sapg_core._wire import LocalProtocolError
+
+
+@pytest.fixture(params=PARSER_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every case runs on both parsers: they must give the same events and bytes."""
+    return str(request.param)
+
 
 GET = b"GET /a?b=1 HTTP/1.1\r\nHost: example.test\r\nX-Thing: caf\xe9\r\n\r\n"
 
@@ -73,8 +82,8 @@ def failure_json(failure: HTTPEvent) -> tuple[h11.Response, object]:
 # -- requests in -------------------------------------------------------------
 
 
-def test_simple_get() -> None:
-    conn = ServerConnection()
+def test_simple_get(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     assert conn.is_idle
     got = feed(conn, GET)
     assert got == [
@@ -92,8 +101,8 @@ def test_simple_get() -> None:
     assert not conn.is_idle
 
 
-def test_body_split_across_reads() -> None:
-    conn = ServerConnection()
+def test_body_split_across_reads(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     got = feed(conn, b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n01234")
     assert isinstance(got[0], RequestHead)
     assert got[0].content_length == 10
@@ -101,8 +110,8 @@ def test_body_split_across_reads() -> None:
     assert feed(conn, b"56789") == [BodyChunk(data=b"56789"), BodyEnd(), NeedData()]
 
 
-def test_chunked_body() -> None:
-    conn = ServerConnection()
+def test_chunked_body(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     raw = b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
     raw += b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     got = feed(conn, raw)
@@ -112,8 +121,8 @@ def test_chunked_body() -> None:
     assert got[-2:] == [BodyEnd(), NeedData()]
 
 
-def test_http10_is_not_keep_alive() -> None:
-    conn = ServerConnection()
+def test_http10_is_not_keep_alive(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     got = feed(conn, b"GET / HTTP/1.0\r\n\r\n")
     head = got[0]
     assert isinstance(head, RequestHead)
@@ -124,8 +133,8 @@ def test_http10_is_not_keep_alive() -> None:
     assert conn.next_event() == ConnectionClosed()
 
 
-def test_connection_close_request() -> None:
-    conn = ServerConnection()
+def test_connection_close_request(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     got = feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Close\r\n\r\n")
     assert isinstance(got[0], RequestHead)
     assert got[0].keep_alive is False
@@ -133,13 +142,13 @@ def test_connection_close_request() -> None:
     assert conn.next_event() == ConnectionClosed()
 
 
-def test_eof_between_requests_and_mid_body() -> None:
-    conn = ServerConnection()
+def test_eof_between_requests_and_mid_body(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     assert feed(conn, b"") == [ConnectionClosed()]
-    conn = ServerConnection()
+    conn = ServerConnection(backend=backend)
     feed(conn, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab")
     assert feed(conn, b"") == [ConnectionClosed()]  # not a 400: nobody is left to read it
-    conn = ServerConnection()
+    conn = ServerConnection(backend=backend)
     assert feed(conn, b"GET / HT") == [NeedData()]
     assert feed(conn, b"") == [ConnectionClosed()]
 
@@ -157,8 +166,8 @@ def test_eof_between_requests_and_mid_body() -> None:
         b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: nope\r\n\r\n",
     ],
 )
-def test_malformed_request_is_400(raw: bytes) -> None:
-    conn = ServerConnection()
+def test_malformed_request_is_400(raw: bytes, backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     got = feed(conn, raw)
     assert len(got) == 1
     _, body = failure_json(got[0])
@@ -167,42 +176,44 @@ def test_malformed_request_is_400(raw: bytes) -> None:
     assert not conn.is_keep_alive
 
 
-def test_unknown_transfer_coding_is_501() -> None:
-    conn = ServerConnection()
+def test_unknown_transfer_coding_is_501(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     got = feed(conn, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n")
     response, body = failure_json(got[0])
     assert response.status_code == 501
     assert body == {"error": "Transfer coding not implemented", "code": "NOT_IMPLEMENTED"}
 
 
-def test_oversized_head_is_431() -> None:
-    conn = ServerConnection(ServerLimits(max_header_bytes=1024))
+def test_oversized_head_is_431(backend: str) -> None:
+    conn = ServerConnection(ServerLimits(max_header_bytes=1024), backend=backend)
     got = feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 2000)
     _, body = failure_json(got[0])
     assert body == {"error": "Request header fields too large", "code": "HEADERS_TOO_LARGE"}
 
 
-def test_whole_oversized_head_in_one_read_is_431() -> None:
-    conn = ServerConnection(ServerLimits(max_header_bytes=1024))
+def test_whole_oversized_head_in_one_read_is_431(backend: str) -> None:
+    conn = ServerConnection(ServerLimits(max_header_bytes=1024), backend=backend)
     got = feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n")
     assert len(got) == 1
     response, _ = failure_json(got[0])
     assert response.status_code == 431
 
 
-def test_head_under_the_limit_and_unlimited() -> None:
+def test_head_under_the_limit_and_unlimited(backend: str) -> None:
     head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 900 + b"\r\n\r\n"
     assert isinstance(
-        feed(ServerConnection(ServerLimits(max_header_bytes=1024)), head)[0], RequestHead
+        feed(ServerConnection(ServerLimits(max_header_bytes=1024), backend=backend), head)[0],
+        RequestHead,
     )
     huge = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
     assert isinstance(
-        feed(ServerConnection(ServerLimits(max_header_bytes=0)), huge)[0], RequestHead
+        feed(ServerConnection(ServerLimits(max_header_bytes=0), backend=backend), huge)[0],
+        RequestHead,
     )
 
 
-def test_declared_body_over_limit_is_413_before_the_head() -> None:
-    conn = ServerConnection(ServerLimits(max_body_bytes=100))
+def test_declared_body_over_limit_is_413_before_the_head(backend: str) -> None:
+    conn = ServerConnection(ServerLimits(max_body_bytes=100), backend=backend)
     got = feed(conn, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 101\r\n\r\n")
     assert len(got) == 1
     _, body = failure_json(got[0])
@@ -210,8 +221,8 @@ def test_declared_body_over_limit_is_413_before_the_head() -> None:
     assert conn.next_event() == ConnectionClosed()
 
 
-def test_chunked_body_over_limit_is_413_mid_body() -> None:
-    conn = ServerConnection(ServerLimits(max_body_bytes=10))
+def test_chunked_body_over_limit_is_413_mid_body(backend: str) -> None:
+    conn = ServerConnection(ServerLimits(max_body_bytes=10), backend=backend)
     raw = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n01234567\r\n"
     got = feed(conn, raw)
     assert isinstance(got[0], RequestHead)
@@ -227,8 +238,8 @@ def test_chunked_body_over_limit_is_413_mid_body() -> None:
     assert conn.next_event() == ConnectionClosed()
 
 
-def test_malformed_chunk_mid_body_is_400_and_the_core_can_still_answer() -> None:
-    conn = ServerConnection()
+def test_malformed_chunk_mid_body_is_400_and_the_core_can_still_answer(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     got = feed(conn, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
     assert isinstance(got[0], RequestHead)
     assert isinstance(got[1], ProtocolFailure)
@@ -239,8 +250,8 @@ def test_malformed_chunk_mid_body_is_400_and_the_core_can_still_answer() -> None
     assert conn.next_event() == ConnectionClosed()
 
 
-def test_body_limit_zero_is_unlimited() -> None:
-    conn = ServerConnection(ServerLimits(max_body_bytes=0))
+def test_body_limit_zero_is_unlimited(backend: str) -> None:
+    conn = ServerConnection(ServerLimits(max_body_bytes=0), backend=backend)
     got = feed(conn, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 20000000\r\n\r\n")
     assert isinstance(got[0], RequestHead)
 
@@ -248,15 +259,15 @@ def test_body_limit_zero_is_unlimited() -> None:
 # -- keep-alive, pipelining, draining -------------------------------------------
 
 
-def test_pipelining_two_requests_in_one_buffer() -> None:
-    conn = ServerConnection()
+def test_pipelining_two_requests_in_one_buffer(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     raw = GET.replace(b"/a?b=1", b"/one") + GET.replace(b"/a?b=1", b"/two")
     conn.receive_data(raw)
     first = conn.next_event()
     assert isinstance(first, RequestHead)
     assert first.target == "/one"
     assert conn.next_event() == BodyEnd()
-    with pytest.raises(h11.LocalProtocolError):  # the second waits for the first's answer
+    with pytest.raises(LocalProtocolError):  # the second waits for the first's answer
         conn.next_event()
     out1 = conn.send_response(200, (), b"first")
     second = conn.next_event()
@@ -280,8 +291,8 @@ def test_pipelining_two_requests_in_one_buffer() -> None:
         client.start_next_cycle()
 
 
-def test_unread_body_is_drained_before_the_next_request() -> None:
-    conn = ServerConnection()
+def test_unread_body_is_drained_before_the_next_request(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     conn.receive_data(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\nabc")
     assert isinstance(conn.next_event(), RequestHead)
     conn.send_response(200, (), b"early")  # answered without reading the body
@@ -293,8 +304,8 @@ def test_unread_body_is_drained_before_the_next_request() -> None:
     assert got[0].target == "/a?b=1"
 
 
-def test_has_unread_input() -> None:
-    conn = ServerConnection()
+def test_has_unread_input(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     assert not conn.has_unread_input
     feed(conn, b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\nabc")
     assert conn.has_unread_input  # the body is unfinished
@@ -305,15 +316,15 @@ def test_has_unread_input() -> None:
     assert conn.has_unread_input  # the start of another request
 
 
-def test_draining_past_the_limit_closes() -> None:
-    conn = ServerConnection(ServerLimits(max_body_bytes=10))
+def test_draining_past_the_limit_closes(backend: str) -> None:
+    conn = ServerConnection(ServerLimits(max_body_bytes=10), backend=backend)
     feed(conn, b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
     conn.send_response(200, (), b"")
     assert feed(conn, b"20\r\n" + b"x" * 32 + b"\r\n") == [ConnectionClosed()]
 
 
-def test_stop_keep_alive_adds_connection_close() -> None:
-    conn = ServerConnection()
+def test_stop_keep_alive_adds_connection_close(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     feed(conn, GET)
     conn.stop_keep_alive()
     assert not conn.is_keep_alive
@@ -323,8 +334,8 @@ def test_stop_keep_alive_adds_connection_close() -> None:
     assert conn.next_event() == ConnectionClosed()
 
 
-def test_expect_100_continue() -> None:
-    conn = ServerConnection()
+def test_expect_100_continue(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     feed(conn, b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
     assert conn.send_continue() == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert conn.send_continue() == b""
@@ -334,8 +345,8 @@ def test_expect_100_continue() -> None:
 # -- responses out --------------------------------------------------------------
 
 
-def test_send_response_frames_body_and_adds_date() -> None:
-    conn = ServerConnection()
+def test_send_response_frames_body_and_adds_date(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     feed(conn, GET)
     date = "Sun, 06 Nov 1994 08:49:37 GMT"
     out = conn.send_response(
@@ -349,8 +360,8 @@ def test_send_response_frames_body_and_adds_date() -> None:
     assert header(response, b"x-val") == [b"caf\xe9"]
 
 
-def test_caller_framing_is_not_duplicated() -> None:
-    conn = ServerConnection()
+def test_caller_framing_is_not_duplicated(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     feed(conn, GET)
     headers = (("content-length", "99"), ("transfer-encoding", "chunked"), ("date", "mine"))
     response, body = parse(conn.send_response(200, headers, b"abc", date="theirs"))
@@ -360,8 +371,8 @@ def test_caller_framing_is_not_duplicated() -> None:
     assert body == b"abc"
 
 
-def test_head_response_has_no_body() -> None:
-    conn = ServerConnection()
+def test_head_response_has_no_body(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     feed(conn, b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
     out = conn.send_response(200, (("content-type", "application/json"),), b'{"a":1}')
     assert out.endswith(b"\r\n\r\n")
@@ -372,8 +383,8 @@ def test_head_response_has_no_body() -> None:
     feed(conn, GET)  # keep-alive goes on
 
 
-def test_head_streamed_response_has_no_body() -> None:
-    conn = ServerConnection()
+def test_head_streamed_response_has_no_body(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     feed(conn, b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
     out = conn.send_head(200, (("content-length", "1000"),))
     out += conn.send_body(b"x" * 1000) + conn.send_end()
@@ -384,8 +395,8 @@ def test_head_streamed_response_has_no_body() -> None:
 
 
 @pytest.mark.parametrize("status", [204, 304])
-def test_no_body_statuses(status: int) -> None:
-    conn = ServerConnection()
+def test_no_body_statuses(status: int, backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     feed(conn, GET)
     out = conn.send_response(status, (("content-length", "12"),), b"ignored body")
     response, body = parse(out)
@@ -395,8 +406,8 @@ def test_no_body_statuses(status: int) -> None:
     assert header(response, b"content-length") == expected
 
 
-def test_streamed_response_chunked_and_with_length() -> None:
-    conn = ServerConnection()
+def test_streamed_response_chunked_and_with_length(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     feed(conn, GET)
     out = conn.send_head(200, (("transfer-encoding", "gzip, chunked"),), date="d")
     out += conn.send_body(b"abc") + conn.send_body(b"") + conn.send_body(b"de") + conn.send_end()
@@ -412,8 +423,8 @@ def test_streamed_response_chunked_and_with_length() -> None:
     assert body == b"abcde"
 
 
-def test_streamed_response_to_http10_is_close_delimited() -> None:
-    conn = ServerConnection()
+def test_streamed_response_to_http10_is_close_delimited(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     feed(conn, b"GET / HTTP/1.0\r\n\r\n")
     out = conn.send_head(200, ()) + conn.send_body(b"abc") + conn.send_end()
     assert out.endswith(b"\r\n\r\nabc")
@@ -421,14 +432,14 @@ def test_streamed_response_to_http10_is_close_delimited() -> None:
     assert conn.next_event() == ConnectionClosed()
 
 
-def test_unknown_status_has_empty_reason() -> None:
-    conn = ServerConnection()
+def test_unknown_status_has_empty_reason(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     feed(conn, GET)
     assert conn.send_response(599, (), b"").startswith(b"HTTP/1.1 599 \r\n")
 
 
-def test_response_flags() -> None:
-    conn = ServerConnection()
+def test_response_flags(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
     feed(conn, GET)
     assert not conn.is_response_started
     conn.send_head(200, ())

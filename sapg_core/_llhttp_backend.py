@@ -1,0 +1,308 @@
+"""The httptools backend: llhttp (C) parses, callbacks queue raw events.
+
+Theory of operation. ``httptools.HttpRequestParser`` calls back as it goes
+(``on_message_begin``, ``on_url``, ``on_header``, ``on_headers_complete``,
+``on_body``, ``on_message_complete``); each callback appends a raw event of
+:mod:`sapg_core._wire` to a deque, and :meth:`LLHTTPParser.next` pops them.
+httptools offers no way to pause llhttp at the end of a message, so a
+pipelined request is parsed as soon as its bytes arrive and its events wait
+in the deque: the connection in :mod:`sapg_core._http` hands them out only
+once the response before it is done, which keeps responses in order. What
+the deque can hold is bounded by what one read brings, since a driver reads
+again only when told :class:`NeedData`.
+
+llhttp runs with every leniency off. Where it still accepts what h11 (the
+reference) refuses, this backend refuses too: the request line must be
+``method SP target SP HTTP/``, checked against the raw bytes; header values
+lose their trailing whitespace, as h11 trims it. Where llhttp refuses, the
+answer must still be h11's (400, 431 or 501): the head is handed to a fresh
+h11 connection and its verdict taken, waiting for the rest of the head if
+h11 would (so both backends answer at the same byte). A request llhttp
+takes as an upgrade (``CONNECT``, or ``Upgrade`` with ``Connection:
+upgrade``) is not switched: the gateway answers it like any other, so a new
+parser takes the bytes after its head, primed with a head of the same body
+framing when the request has a body.
+
+llhttp bounds nothing, so an incomplete head is measured here: the bytes fed
+since it began (the read that began it counted from where the previous
+message ended), 431 once over the limit.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+from typing import Final
+
+import h11
+import httptools
+
+from ._wire import END, EOF, RawEvent, RawFailure, RawHead
+
+__all__ = ["LLHTTPParser"]
+
+_UNLIMITED: Final = sys.maxsize
+_CRLFCRLF: Final = b"\r\n\r\n"
+_CONNECTION_CLOSE_REASON: Final = "Data after `Connection: close`"
+
+
+class _Refused(Exception):
+    """Raised inside a callback to stop llhttp with our own verdict."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class LLHTTPParser:
+    """Requests parsed by llhttp through httptools.
+
+    Args:
+        max_head: the largest head to accept, in bytes (0: no limit).
+    """
+
+    def __init__(self, max_head: int) -> None:
+        self._max = max_head
+        self._events: collections.deque[RawEvent] = collections.deque()
+        self._parser = self._new_parser()
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False  # between on_message_begin and on_headers_complete
+        self._in_body = False  # between on_headers_complete and on_message_complete
+        self._data = b""  # the read being parsed
+        self._held: list[bytes] = []  # earlier reads of the incomplete head
+        self._partial = 0  # bytes of the incomplete head so far
+        self._cursor = 0  # where in _data the current message began (best known)
+        self._began_here = False
+        self._completed_here = False
+        self._body_start = 0  # where in _data the current body began
+        self._body_now = 0  # body bytes of the current message in this read
+        self._exact = True  # whether _cursor is exact (not after a chunked body)
+        self._chunked = False  # the current message's body is chunked
+        self._last_chunked = False  # the last complete message's body was chunked
+        self._upgrade_body: bytes | None = None
+        self._priming = False
+        self._classify: h11.Connection | None = None
+        self._eof = False
+        self._dead = False
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        parser.set_dangerous_leniencies(
+            lenient_headers=False,
+            lenient_chunked_length=False,
+            lenient_keep_alive=False,
+            lenient_transfer_encoding=False,
+            lenient_version=False,
+            lenient_data_after_close=False,
+            lenient_optional_lf_after_cr=False,
+            lenient_optional_cr_before_lf=False,
+            lenient_optional_crlf_after_chunk=False,
+            lenient_spaces_after_chunk_size=False,
+        )
+        return parser
+
+    # -- the connection's side -------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Parse bytes from the socket now; ``b""`` is the client's end of input."""
+        if self._eof or self._dead:
+            return
+        if not data:
+            self._eof = True
+            return
+        if self._classify is not None:
+            self._classify.receive_data(data)
+            self._judge()
+            return
+        self._data = data
+        self._began_here = self._completed_here = False
+        self._cursor = self._body_start = self._body_now = 0
+        self._exact = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data, int(exc.args[0]))
+        except httptools.HttpParserCallbackError as exc:
+            refused = exc.__context__
+            if isinstance(refused, _Refused):
+                self._fail(refused.status, refused.detail)
+            else:  # pragma: no cover - our callbacks raise nothing else
+                raise
+        except httptools.HttpParserError as exc:
+            self._refuse(data, str(exc))
+        else:
+            if self._in_head:
+                self._measure(data)
+        self._data = b""
+
+    def next(self) -> RawEvent | None:
+        """The next raw event, or ``None`` when more bytes are needed."""
+        if self._events:
+            return self._events.popleft()
+        if self._eof and not self._dead:
+            self._dead = True
+            if self._in_head or self._in_body or self._held or self._classify:
+                return RawFailure(400, "the client closed in the middle of a request")
+            return EOF
+        return None
+
+    def next_cycle(self) -> None:
+        """Nothing to do: llhttp has parsed ahead, and the deque keeps the order."""
+
+    def has_buffered(self) -> bool:
+        """Whether events wait in the deque or a request is partly parsed."""
+        return bool(self._events or self._in_head or self._in_body or self._held or self._classify)
+
+    # -- llhttp's callbacks ----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._priming:
+            return
+        self._in_head = True
+        self._began_here = True
+        self._url = b""
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head or self._priming:
+            return  # a trailer field: h11 drops them too
+        if value and value[-1] in b" \t":
+            value = value.rstrip(b" \t")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._in_body = True
+        self._body_now = 0
+        if self._priming:
+            return
+        parser = self._parser
+        method = parser.get_method()
+        url = self._url
+        # llhttp takes several spaces between the parts of the request line; h11 does not.
+        data = self._data
+        held = len(self._held)
+        if held:
+            data = b"".join(self._held) + data
+            held = len(data) - len(self._data)
+            self._held = []
+        self._partial = 0
+        start = data.find(b"%b %b HTTP/" % (method, url), self._cursor)
+        # Where the request line must begin, when that is known exactly: h11
+        # refuses the empty lines that llhttp skips before a request line.
+        if start < 0 or (start != self._cursor and self._began_here and self._exact):
+            raise _Refused(400, "malformed request line")
+        self._body_start = max(data.find(_CRLFCRLF, start) + 4 - held, 0)
+        headers = self._headers
+        self._chunked = False
+        if parser.should_upgrade():
+            self._upgrade_body = self._framing(headers)
+        self._events.append(RawHead(method, url, headers, parser.get_http_version()))
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(body)
+        self._body_now += len(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunked = True
+
+    def on_message_complete(self) -> None:
+        if self._upgrade_body is not None:
+            return  # the body follows the upgrade: the primed parser reads it
+        self._in_body = False
+        self._completed_here = True
+        self._events.append(END)
+        # Where the next message begins: exact after a body framed by length;
+        # after a chunked one, only a lower bound (chunk sizes are not counted).
+        self._cursor = self._body_start + self._body_now
+        self._last_chunked = self._chunked
+        if self._chunked:
+            self._exact = False
+
+    # -- the rare paths --------------------------------------------------------
+
+    @staticmethod
+    def _framing(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        for name, _ in headers:
+            if name == b"transfer-encoding":
+                return b"transfer-encoding: chunked\r\n"
+        for name, value in headers:
+            if name == b"content-length" and value.strip(b" \t") not in (b"", b"0"):
+                return b"content-length: " + value.strip(b" \t") + b"\r\n"
+        return None
+
+    def _upgrade(self, data: bytes, offset: int) -> None:
+        # The gateway switches no protocol: read on as HTTP/1.1 (see the module doc).
+        self._parser = self._new_parser()
+        framing, self._upgrade_body = self._upgrade_body, None
+        if framing is not None:
+            self._priming = True
+            try:
+                self._parser.feed_data(b"PUT / HTTP/1.1\r\nhost: x\r\n" + framing + b"\r\n")
+            finally:
+                self._priming = False
+        rest = data[offset:]
+        self._data = b""
+        if rest:
+            self.feed(rest)
+
+    def _measure(self, data: bytes) -> None:
+        """Count the bytes of a head still incomplete at the end of a read; 431 past the limit."""
+        if not self._began_here:
+            self._held.append(data)
+            self._partial += len(data)
+        else:
+            start = 0
+            if self._completed_here:
+                # Where the last message ended: after its body when it was
+                # framed by length; else after the last CRLFCRLF (a head
+                # still incomplete has none).
+                if not self._last_chunked:
+                    start = self._cursor
+                else:
+                    start = data.rfind(_CRLFCRLF) + 4 if _CRLFCRLF in data else 0
+            self._held = [data[start:]]
+            self._partial = len(data) - start
+        if self._max and self._partial > self._max:
+            self._fail(431, f"incomplete request head of {self._partial} bytes is over the limit")
+
+    def _refuse(self, data: bytes, reason: str) -> None:
+        """llhttp refused: in a body that is 400; in a head, h11's verdict on the same bytes."""
+        if self._in_body or reason == _CONNECTION_CLOSE_REASON:
+            self._fail(400, reason)
+            return
+        if self._began_here:
+            start = self._cursor if self._completed_here else 0
+            head = data[start:]
+        else:
+            head = b"".join(self._held) + data
+        self._held = []
+        self._in_head = False
+        self._classify = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self._max or _UNLIMITED
+        )
+        self._classify.receive_data(head)
+        self._judge(reason)
+
+    def _judge(self, reason: str = "malformed request head") -> None:
+        assert self._classify is not None
+        try:
+            event = self._classify.next_event()
+        except h11.RemoteProtocolError as exc:
+            self._fail(exc.error_status_hint, str(exc).split(":", 1)[0])
+            return
+        if event is h11.NEED_DATA:
+            return  # h11 would wait for the rest of the head: so do we
+        self._fail(400, reason)
+
+    def _fail(self, status: int, detail: str) -> None:
+        self._dead = True
+        self._classify = None
+        self._held = []
+        self._in_head = self._in_body = False
+        self._events.append(RawFailure(status, detail))
