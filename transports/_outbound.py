@@ -1,41 +1,88 @@
-"""The outbound executor: carries ``ForwardUpstream`` and ``SendHTTP`` out over httpcore.
+"""The outbound executor: carries ``ForwardUpstream`` and ``SendHTTP`` out to upstreams.
 
-One :class:`httpcore.AsyncConnectionPool` (keep-alive, h11 underneath) serves
-both trio and asyncio through anyio (:class:`Outbound`); httpcore's sync
-:class:`httpcore.ConnectionPool` serves the blocking driver
-(:class:`SyncOutbound`). Both build their requests and read their answers with
-the same helpers, use the same TLS context and map failures with the same
-table. Nothing follows redirects: a 3xx is an answer like any other. Library
-exceptions become ``ActionFailed`` reasons in one table, :data:`FAILURES`, in
-the spirit of httpcore's own ``map_exceptions``.
+Theory of operation. The HTTP is the core's (:class:`sapg_core.ClientConnection`:
+request rendering, response events, whether a connection may be reused) and so
+are the keep-alive pool's decisions (:class:`sapg_core.ConnectionPool`: reuse
+the most recent idle connection of the origin, open one, or wait, at most
+``max_per_origin`` per origin and ``max_connections`` in all). This module
+acts on them: it opens sockets through :mod:`transports._netio` on the
+running event loop's own streams (trio or asyncio, detected on first use, for
+:class:`Outbound`; blocking sockets for :class:`SyncOutbound`), moves the
+bytes, wakes requests waiting for a connection, closes what the pool drops and
+keeps time.
+
+One exchange keeps one deadline and moves it per phase: the connect timeout
+while it waits for a pool slot and connects, the read timeout for each write
+to and read from the upstream, none while it waits for the client's next body
+chunk (the client's own deadlines cover that). Failures become
+``ActionFailed`` reasons: connect and pool-wait timeouts and read and write
+timeouts are TIMEOUT (504); refused or unreachable is CONNECT, a failed
+handshake or certificate TLS, anything after connecting RESET (502), and so
+is an upstream that breaks HTTP/1.1 (both ``Content-Length`` and
+``Transfer-Encoding``, say): such an answer is never relayed. A request that
+failed on a pooled connection before any byte of an answer came back is sent
+again on another, when its body is in hand (:func:`sapg_core.may_retry`).
+Bodies stream both ways: the client's body is written as it arrives, the
+response body is read as the relay consumes it. Nothing follows redirects.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import sys
+import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Final
+from typing import Final
 
-import httpcore
+import sniffio
+import trio
 
 from sapg_core import (
     ActionFailed,
+    ClientConnection,
+    ConnectionPool,
     FailureReason,
     ForwardUpstream,
-    Headers,
     HTTPResponseReceived,
+    Open,
+    Origin,
+    ParserBackend,
+    PooledConnection,
+    PoolLimits,
+    ResponseData,
+    ResponseEnd,
+    ResponseHead,
+    Reuse,
     SendHTTP,
+    Ticket,
+    UpstreamProtocolError,
     UpstreamResponded,
+    UpstreamTarget,
+    Wait,
+    may_retry,
+    split_upstream_url,
 )
 
 from ._common import ClientBodyError
+from ._netio import (
+    AsyncioDeadline,
+    AsyncioStream,
+    BlockingStream,
+    TrioDeadline,
+    TrioStream,
+    classify,
+    connect_asyncio,
+    connect_blocking,
+    connect_trio,
+    describe,
+)
 
 __all__ = [
-    "FAILURES",
+    "PER_ORIGIN_ENV",
     "Outbound",
     "OutboundError",
     "SyncOutbound",
@@ -45,53 +92,18 @@ __all__ = [
     "failure_reason",
 ]
 
-#: httpcore exception -> why the action failed. First match wins.
-FAILURES: Final[tuple[tuple[type[Exception], FailureReason], ...]] = (
-    (httpcore.TimeoutException, FailureReason.TIMEOUT),  # connect, read, write, pool
-    (httpcore.ConnectError, FailureReason.CONNECT),  # an ssl error inside: TLS, see below
-    (httpcore.UnsupportedProtocol, FailureReason.CONNECT),
-    (httpcore.ReadError, FailureReason.RESET),
-    (httpcore.WriteError, FailureReason.RESET),
-    (httpcore.RemoteProtocolError, FailureReason.RESET),
-    (httpcore.LocalProtocolError, FailureReason.RESET),
-)
+#: Environment variable: connections per upstream origin at most (default 100).
+PER_ORIGIN_ENV: Final = "SAPG_UPSTREAM_CONNECTIONS_PER_ORIGIN"
+#: A buffered ``SendHTTP`` answer larger than this fails (RESET): they are small JSON.
+MAX_BUFFERED_RESPONSE: Final = 16 * 1024 * 1024
 
-_MAPPED: Final = tuple(kind for kind, _ in FAILURES)
-_STRIPPED: Final = (b"content-length", b"transfer-encoding")
-_TIMEOUT_KEYS: Final = ("connect", "pool", "read", "write")
-#: Methods that carry no body unless they say so: no ``Content-Length: 0`` for them.
-_NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+#: What can go wrong on a socket, on every network backend.
+_IO_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, EOFError)
 
 
-def failure_reason(exc: Exception) -> FailureReason:
-    """The reason for one of the exceptions in :data:`FAILURES`."""
-    for kind, reason in FAILURES:
-        if isinstance(exc, kind):
-            if reason is FailureReason.CONNECT and _caused_by_ssl(exc):
-                return FailureReason.TLS
-            return reason
-    raise TypeError(f"unmapped exception {exc!r}")
-
-
-def _caused_by_ssl(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _detail(exc: BaseException) -> str:
-    """The messages along the exception's cause chain, e.g. ``ConnectError: [SSL: ...]``."""
-    parts: list[str] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(parts) < 4:
-        text = str(seen)
-        if text and not any(text in part for part in parts):
-            parts.append(text)
-        seen = seen.__cause__ or seen.__context__
-    return ": ".join(parts) or type(exc).__name__
+def failure_reason(exc: BaseException, *, connecting: bool = False) -> FailureReason:
+    """Why an I/O error failed an exchange (see :func:`transports._netio.classify`)."""
+    return classify(exc, connecting=connecting)
 
 
 def default_ssl_context(environ: Mapping[str, str] | None = None) -> ssl.SSLContext:
@@ -115,137 +127,26 @@ def default_ssl_context(environ: Mapping[str, str] | None = None) -> ssl.SSLCont
         context.load_verify_locations(capath=paths.openssl_capath)
         has_system = True
     if not has_system:  # pragma: no cover - e.g. macOS python.org builds
-        import certifi  # httpcore depends on it
-
-        context.load_verify_locations(cafile=certifi.where())
+        try:
+            import certifi
+        except ImportError:
+            pass
+        else:
+            context.load_verify_locations(cafile=certifi.where())
     extra = environ.get("SSL_CERT_FILE", "")
     if extra:
         context.load_verify_locations(cafile=extra)
     return context
 
 
-class _LinearAssignment:
-    """httpcore's request-to-connection assignment, in linear time and with few syscalls.
-
-    httpcore (1.0.x) runs ``_assign_requests_to_connections`` whenever a
-    request starts or ends. Its own version is quadratic in the connections,
-    asks *every* connection ``has_expired()`` (a ``poll`` on each idle socket)
-    each time, and hands every queued request the same free connection (all
-    but one then retry). Under load that cost milliseconds per request. This
-    one keeps the same rules (drop closed and expired connections, trim idle
-    ones over the keep-alive size, reuse a free connection of the origin, else
-    open one under the limit, else close an idle one of another origin), but
-    sweeps for expired connections at most once a second, checks the one it
-    hands out, and never hands a connection to a second request before the
-    first has started on it.
-    """
-
-    _connections: list[Any]
-    _requests: list[Any]
-    _max_connections: int
-    _max_keepalive_connections: int
-    _next_sweep: float = 0.0
-
-    def _assign_requests_to_connections(self) -> list[Any]:
-        closing = self._sweep()
-        queued = [pool_request for pool_request in self._requests if pool_request.is_queued()]
-        if not queued:
-            return closing
-        # A connection handed to a request that has not started on it yet still
-        # looks available: never hand it to a second one (it would only retry).
-        claimed = {id(r.connection) for r in self._requests if r.connection is not None}
-        by_origin: dict[tuple[bytes, bytes, int], tuple[Any, list[Any]]] = {}
-        for pool_request in queued:
-            origin = pool_request.request.url.origin  # (unhashable)
-            key = (origin.scheme, origin.host, origin.port)
-            by_origin.setdefault(key, (origin, []))[1].append(pool_request)
-        for origin, waiting in by_origin.values():
-            candidates = iter(list(self._connections))
-            for pool_request in waiting:
-                connection = self._usable(origin, candidates, claimed, closing)
-                if connection is None:
-                    if len(self._connections) >= self._max_connections and not self._evict(
-                        origin, claimed, closing
-                    ):
-                        break  # stays queued until a connection frees up
-                    connection = self.create_connection(origin)  # type: ignore[attr-defined]
-                    self._connections.append(connection)
-                claimed.add(id(connection))
-                pool_request.assign_to_connection(connection)
-        return closing
-
-    def _sweep(self) -> list[Any]:
-        """Drop closed connections (and, once a second, expired ones); trim surplus idle ones."""
-        closing: list[Any] = []
-        now = time.monotonic()
-        sweep = now >= self._next_sweep
-        if sweep:
-            self._next_sweep = now + 1.0
-        kept: list[Any] = []
-        for connection in self._connections:
-            if connection.is_closed():
-                continue
-            if sweep and connection.has_expired():
-                closing.append(connection)
-            else:
-                kept.append(connection)
-        surplus = len(kept) - self._max_keepalive_connections
-        if surplus > 0:
-            for connection in [c for c in kept if c.is_idle()][:surplus]:
-                kept.remove(connection)
-                closing.append(connection)
-        self._connections[:] = kept
-        return closing
-
-    def _usable(
-        self, origin: Any, candidates: Iterator[Any], claimed: set[int], closing: list[Any]
-    ) -> Any:
-        """The next free connection to ``origin`` that has not expired (the server may close it)."""
-        for connection in candidates:
-            if id(connection) in claimed or not connection.can_handle_request(origin):
-                continue
-            if not connection.is_available():
-                continue
-            if not connection.has_expired():
-                return connection
-            self._connections.remove(connection)
-            closing.append(connection)
-        return None
-
-    def _evict(self, origin: Any, claimed: set[int], closing: list[Any]) -> bool:
-        """Close an idle connection to another origin to make room; False if there is none."""
-        for connection in self._connections:
-            if id(connection) in claimed or connection.can_handle_request(origin):
-                continue
-            if connection.is_idle():
-                self._connections.remove(connection)
-                closing.append(connection)
-                return True
-        return False
-
-
-class _AsyncPool(_LinearAssignment, httpcore.AsyncConnectionPool):
-    pass
-
-
-class _SyncPool(_LinearAssignment, httpcore.ConnectionPool):
-    pass
-
-
-def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
-    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
-
-
-def _decode(headers: list[tuple[bytes, bytes]]) -> Headers:
-    return tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in headers)
-
-
-def _with_host(headers: list[tuple[bytes, bytes]], url: httpcore.URL) -> list[tuple[bytes, bytes]]:
-    if any(name.lower() == b"host" for name, _ in headers):
-        return headers
-    default = {b"http": 80, b"https": 443}.get(url.scheme)
-    host = url.host if url.port in (None, default) else b"%b:%d" % (url.host, url.port)
-    return [(b"host", host), *headers]
+def _limits(max_connections: int, max_per_origin: int | None, expiry: float) -> PoolLimits:
+    if max_per_origin is None:
+        max_per_origin = int(os.environ.get(PER_ORIGIN_ENV) or 100)
+    return PoolLimits(
+        max_per_origin=min(max_per_origin, max_connections),
+        max_connections=max_connections,
+        keepalive_expiry=expiry,
+    )
 
 
 class OutboundError(Exception):
@@ -257,49 +158,220 @@ class OutboundError(Exception):
         self.detail = detail
 
 
+def _failed(request_id: int, reason: FailureReason, detail: str) -> ActionFailed:
+    return ActionFailed(request_id=request_id, reason=reason, detail=detail, now=time.time())
+
+
+# -- what an exchange sends ------------------------------------------------------------------
+
+
+class _Request:
+    """One request to send, prepared once for every attempt."""
+
+    __slots__ = (
+        "connect_timeout",
+        "content_length",
+        "headers",
+        "method",
+        "payload",
+        "read_timeout",
+        "request_id",
+        "target",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: int,
+        method: str,
+        target: UpstreamTarget,
+        headers: tuple[tuple[str, str], ...],
+        payload: bytes | None,
+        content_length: int | None,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.target = target
+        self.headers = headers
+        #: The whole body when it is in hand (then a retry can send it again); None: streamed.
+        self.payload = payload
+        self.content_length = content_length
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
+    def head(self, client: ClientConnection) -> bytes:
+        return client.start_request(
+            self.method,
+            self.target.target,
+            self.headers,
+            authority=self.target.authority,
+            content_length=self.content_length,
+        )
+
+
+def _forward_request(
+    action: ForwardUpstream, content_length: int | None
+) -> _Request | ActionFailed:
+    limit = action.body_limit
+    if action.body is not None:
+        content_length = len(action.body)
+    if limit and content_length is not None and content_length > limit:
+        detail = f"declared body of {content_length} bytes is over {limit}"
+        return _failed(action.request_id, FailureReason.BODY_TOO_LARGE, detail)
+    try:
+        target = split_upstream_url(action.url)
+    except UpstreamProtocolError as exc:
+        return _failed(action.request_id, FailureReason.CONNECT, exc.detail)
+    return _Request(
+        request_id=action.request_id,
+        method=action.method,
+        target=target,
+        headers=action.headers,
+        payload=action.body if action.body is not None else (b"" if content_length == 0 else None),
+        content_length=content_length,
+        connect_timeout=action.connect_timeout,
+        read_timeout=action.read_timeout,
+    )
+
+
+def _send_request(action: SendHTTP) -> _Request | ActionFailed:
+    try:
+        target = split_upstream_url(action.url)
+    except UpstreamProtocolError as exc:
+        return _failed(action.request_id, FailureReason.CONNECT, exc.detail)
+    return _Request(
+        request_id=action.request_id,
+        method=action.method,
+        target=target,
+        headers=action.headers,
+        payload=action.body,
+        content_length=len(action.body),
+        connect_timeout=action.timeout,
+        read_timeout=action.timeout,
+    )
+
+
+def _responded(request_id: int, head: ResponseHead) -> UpstreamResponded:
+    return UpstreamResponded(
+        request_id=request_id, status=head.status, headers=head.headers, now=time.time()
+    )
+
+
+# -- asyncio and trio ------------------------------------------------------------------------
+
+_AsyncStream = TrioStream | AsyncioStream
+
+
+class _Upstream:
+    """A pooled connection: its stream, its HTTP state and its pool record."""
+
+    __slots__ = ("client", "pooled", "stream")
+
+    def __init__(self, stream: _AsyncStream, client: ClientConnection) -> None:
+        self.stream = stream
+        self.client = client
+        self.pooled: PooledConnection[_Upstream] | None = None
+
+
 class UpstreamBody:
     """The body of a forwarded request's response: iterate it once, then :meth:`aclose`.
 
-    Iteration raises :class:`OutboundError` if the upstream breaks off.
+    Iteration raises :class:`OutboundError` if the upstream breaks off, stalls
+    past the read timeout or breaks HTTP/1.1.
     """
 
-    def __init__(self, response: httpcore.Response) -> None:
-        self._response = response
+    def __init__(
+        self,
+        outbound: Outbound,
+        upstream: _Upstream | None,
+        read_timeout: float,
+        first: bytes = b"",
+    ) -> None:
+        self._outbound = outbound
+        self._upstream = upstream
+        self._read_timeout = read_timeout
+        self._first = first
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first:
+            data, self._first = self._first, b""
+            return data
+        chunk = await self._next()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    async def _next(self) -> bytes | None:
+        upstream = self._upstream
+        if upstream is None:
+            return None
+        client = upstream.client
         try:
-            async for chunk in self._response.aiter_stream():
-                yield chunk
-        except _MAPPED as exc:
-            raise OutboundError(failure_reason(exc), _detail(exc)) from exc
+            while True:
+                event = client.next_event()
+                if isinstance(event, ResponseData):
+                    return event.data
+                if isinstance(event, ResponseEnd):
+                    self._finish(reusable=event.reusable)
+                    return None
+                client.receive_data(await upstream.stream.receive(self._read_timeout))
+        except UpstreamProtocolError as exc:
+            self._finish(reusable=False)
+            raise OutboundError(FailureReason.RESET, exc.detail) from None
+        except TimeoutError:
+            self._finish(reusable=False)
+            raise OutboundError(FailureReason.TIMEOUT, "upstream read timed out") from None
+        except _IO_ERRORS as exc:
+            self._finish(reusable=False)
+            raise OutboundError(FailureReason.RESET, describe(exc)) from None
+        except BaseException:
+            self._finish(reusable=False)
+            raise
+
+    def _finish(self, *, reusable: bool) -> None:
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            self._outbound._release(upstream, reusable=reusable)
 
     async def aclose(self) -> None:
-        """Give the connection back to the pool (or drop it if the body was not read)."""
-        await self._response.aclose()
+        """Give the connection back to the pool, or drop it if the body was not read to its end."""
+        self._first = b""
+        self._finish(reusable=False)
 
 
 class Outbound:
-    """Outbound HTTP for one event loop, with a keep-alive connection pool.
+    """Outbound HTTP for one event loop (trio or asyncio), with a keep-alive pool per origin.
 
     Args:
         max_connections: open connections at most, across all upstreams.
+        max_per_origin: open connections at most to one origin (scheme, host,
+            port); default ``$SAPG_UPSTREAM_CONNECTIONS_PER_ORIGIN`` or 100.
         keepalive_expiry: seconds an idle pooled connection is kept.
         ssl_context: defaults to :func:`default_ssl_context`.
+        parser: the response parser backend.
     """
 
     def __init__(
         self,
         *,
-        max_connections: int = 100,
+        max_connections: int = 1000,
+        max_per_origin: int | None = None,
         keepalive_expiry: float = 15.0,
         ssl_context: ssl.SSLContext | None = None,
+        parser: ParserBackend = "httptools",
     ) -> None:
-        self._pool = _AsyncPool(
-            ssl_context=ssl_context if ssl_context is not None else default_ssl_context(),
-            max_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-            retries=0,
+        self._ssl = ssl_context if ssl_context is not None else default_ssl_context()
+        self._pool: ConnectionPool[_Upstream] = ConnectionPool(
+            _limits(max_connections, max_per_origin, keepalive_expiry)
         )
+        self._parser: ParserBackend = parser
+        self._trio: bool | None = None
+        self._wakers: dict[Ticket[_Upstream], trio.Event | asyncio.Event] = {}
 
     async def __aenter__(self) -> Outbound:
         return self
@@ -313,7 +385,11 @@ class Outbound:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        """Close the idle connections; those in use close when their body is done."""
+        self._pool.close()
+        self._close_dropped()
+
+    # -- the actions ---------------------------------------------------------------------
 
     async def forward(
         self, action: ForwardUpstream, body: AsyncIterable[bytes], *, content_length: int | None
@@ -324,55 +400,342 @@ class Outbound:
             action: what to send where.
             body: the client's body as it arrives; it may raise
                 :class:`ClientBodyError`, which fails the action with its reason.
+                Not read when ``action.body`` holds the body already.
             content_length: the client's framing: its declared length, or None
                 for chunked (sent chunked upstream too).
 
         Returns:
             the upstream's head and its body still to stream, or why it failed.
         """
-        request = _forward_request(action, body, content_length)
+        request = _forward_request(action, content_length)
         if isinstance(request, ActionFailed):
             return request
-        try:
-            response = await self._pool.handle_async_request(request)
-        except ClientBodyError as exc:
-            return _failed(action.request_id, exc.reason, exc.detail)
-        except _MAPPED as exc:
-            return _failed(action.request_id, failure_reason(exc), _detail(exc))
-        return _responded(action, response), UpstreamBody(response)
+        if request.payload is not None and action.body is None:
+            try:  # a declared empty body: read its end from the client now
+                async for chunk in body:
+                    if chunk:
+                        raise ClientBodyError(FailureReason.CLIENT, "body longer than declared")
+            except ClientBodyError as exc:
+                return _failed(action.request_id, exc.reason, exc.detail)
+        result = await self._exchange(request, body)
+        if isinstance(result, ActionFailed):
+            return result
+        head, upstream, first = result
+        return _responded(action.request_id, head), UpstreamBody(
+            self, upstream, request.read_timeout, first
+        )
 
     async def send(self, action: SendHTTP) -> HTTPResponseReceived | ActionFailed:
         """Make one buffered call and read the whole answer, within ``action.timeout`` per step."""
+        request = _send_request(action)
+        if isinstance(request, ActionFailed):
+            return request
+        result = await self._exchange(request, None)
+        if isinstance(result, ActionFailed):
+            return result
+        head, upstream, first = result
+        stream = UpstreamBody(self, upstream, request.read_timeout, first)
+        chunks: list[bytes] = []
+        size = 0
         try:
-            response = await self._pool.handle_async_request(_send_request(action))
+            async for chunk in stream:
+                size += len(chunk)
+                if size > MAX_BUFFERED_RESPONSE:
+                    await stream.aclose()
+                    return _failed(action.request_id, FailureReason.RESET, "answer too large")
+                chunks.append(chunk)
+        except OutboundError as exc:
+            return _failed(action.request_id, exc.reason, exc.detail)
+        return HTTPResponseReceived(
+            request_id=action.request_id,
+            status=head.status,
+            headers=head.headers,
+            body=b"".join(chunks),
+            now=time.time(),
+        )
+
+    # -- one exchange ----------------------------------------------------------------------
+
+    async def _exchange(
+        self, request: _Request, body: AsyncIterable[bytes] | None
+    ) -> tuple[ResponseHead, _Upstream | None, bytes] | ActionFailed:
+        """Send the request (again, on a stale pooled connection) and read the response head."""
+        attempt = 0
+        while True:
+            outcome = await self._attempt(request, body, attempt)
+            if outcome is not None:
+                return outcome
+            attempt += 1
+
+    async def _attempt(
+        self, request: _Request, body: AsyncIterable[bytes] | None, attempt: int
+    ) -> tuple[ResponseHead, _Upstream | None, bytes] | ActionFailed | None:
+        """One try; None when it failed in a way that may be retried."""
+        holder: list[_Upstream] = []
+        phase = "connect"
+        try:
+            async with self._deadline() as deadline:
+                deadline.move(request.connect_timeout)
+                upstream = await self._acquire(request.target, holder)
+                phase = "send"
+                deadline.move(request.read_timeout)
+                await self._write(upstream, request, body, deadline)
+                phase = "receive"
+                head = await self._read_head(upstream, request.read_timeout, deadline)
+        except TimeoutError:
+            self._drop(holder)
+            detail = f"upstream {'connect' if phase == 'connect' else 'read'} timed out"
+            return _failed(request.request_id, FailureReason.TIMEOUT, detail)
+        except ClientBodyError as exc:
+            self._drop(holder)
+            return _failed(request.request_id, exc.reason, exc.detail)
+        except (UpstreamProtocolError, *_IO_ERRORS) as exc:
+            retry = phase != "connect" and self._may_retry(holder, request, attempt)
+            self._drop(holder)
+            if retry:
+                return None
+            if isinstance(exc, UpstreamProtocolError):
+                return _failed(request.request_id, FailureReason.RESET, exc.detail)
+            reason = classify(exc, connecting=phase == "connect")
+            return _failed(request.request_id, reason, describe(exc))
+        except BaseException:
+            self._drop(holder)
+            raise
+        return self._after_head(head, upstream)
+
+    def _after_head(
+        self, head: ResponseHead, upstream: _Upstream
+    ) -> tuple[ResponseHead, _Upstream | None, bytes]:
+        """Give the connection back at once when the response has no body; keep a first chunk."""
+        try:
+            event = upstream.client.next_event()
+        except UpstreamProtocolError:
+            return head, upstream, b""  # the body iterator reports it
+        if isinstance(event, ResponseEnd):
+            self._release(upstream, reusable=event.reusable)
+            return head, None, b""
+        if isinstance(event, ResponseData):
+            return head, upstream, event.data
+        return head, upstream, b""
+
+    @staticmethod
+    def _may_retry(holder: list[_Upstream], request: _Request, attempt: int) -> bool:
+        if not holder or holder[0].pooled is None:
+            return False
+        return may_retry(
+            reused=holder[0].pooled.is_reused,
+            replayable=request.payload is not None,
+            response_started=holder[0].client.response_started,
+            attempt=attempt,
+        )
+
+    async def _write(
+        self,
+        upstream: _Upstream,
+        request: _Request,
+        body: AsyncIterable[bytes] | None,
+        deadline: TrioDeadline | AsyncioDeadline,
+    ) -> None:
+        client, stream = upstream.client, upstream.stream
+        head = request.head(client)
+        if request.payload is not None or body is None:
+            payload = request.payload or b""
+            await stream.send(head + client.send_body(payload) + client.end_request())
+            return
+        await stream.send(head)
+        chunks = aiter(body)
+        while True:
+            deadline.move(None)  # waiting for the client is not the upstream's time
             try:
-                body = await response.aread()
-            finally:
-                await response.aclose()
-        except _MAPPED as exc:
-            return _failed(action.request_id, failure_reason(exc), _detail(exc))
-        return _received(action, response, body)
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            deadline.move(request.read_timeout)
+            if chunk:
+                await stream.send(client.send_body(chunk))
+        deadline.move(request.read_timeout)
+        tail = client.end_request()
+        if tail:
+            await stream.send(tail)
+
+    @staticmethod
+    async def _read_head(
+        upstream: _Upstream, read_timeout: float, deadline: TrioDeadline | AsyncioDeadline
+    ) -> ResponseHead:
+        client, stream = upstream.client, upstream.stream
+        while True:
+            event = client.next_event()
+            if isinstance(event, ResponseHead):
+                return event
+            deadline.move(read_timeout)
+            client.receive_data(await stream.receive())
+
+    # -- the pool, acted on ------------------------------------------------------------------
+
+    def _is_trio(self) -> bool:
+        is_trio = self._trio
+        if is_trio is None:
+            library = sniffio.current_async_library()
+            if library not in ("trio", "asyncio"):
+                raise RuntimeError(f"unsupported async library {library!r}")
+            is_trio = self._trio = library == "trio"
+        return is_trio
+
+    def _deadline(self) -> TrioDeadline | AsyncioDeadline:
+        return TrioDeadline() if self._is_trio() else AsyncioDeadline()
+
+    async def _acquire(self, target: UpstreamTarget, holder: list[_Upstream]) -> _Upstream:
+        """A connection to the origin: reused, waited for or opened, within the deadline."""
+        pool, origin = self._pool, target.origin
+        while True:
+            decision = pool.acquire(origin, time.monotonic())
+            self._close_dropped()
+            if isinstance(decision, Wait):
+                decision = await self._wait(decision.ticket)
+            if isinstance(decision, Reuse):
+                upstream = decision.connection.handle
+                if upstream.stream.is_stale() or not upstream.client.is_reusable:
+                    self._release(upstream, reusable=False)
+                    continue
+                holder.append(upstream)
+                return upstream
+            try:
+                stream = await self._connect(origin, target.host)
+            except BaseException:
+                self._wake(pool.connect_failed(origin))
+                raise
+            upstream = _Upstream(stream, ClientConnection(self._parser))
+            upstream.pooled = pool.connected(origin, upstream)
+            holder.append(upstream)
+            return upstream
+
+    async def _connect(self, origin: Origin, host: str) -> _AsyncStream:
+        tls = self._ssl if origin[0] == "https" else None
+        if self._is_trio():
+            return await connect_trio(host, origin[2], tls)
+        return await connect_asyncio(host, origin[2], tls)
+
+    async def _wait(self, ticket: Ticket[_Upstream]) -> Reuse[_Upstream] | Open:
+        event: trio.Event | asyncio.Event = trio.Event() if self._is_trio() else asyncio.Event()
+        self._wakers[ticket] = event
+        try:
+            await event.wait()
+        except BaseException:
+            self._wakers.pop(ticket, None)
+            self._wake(self._pool.cancel(ticket, time.monotonic()))
+            raise
+        decision, ticket.decision = ticket.decision, None
+        assert decision is not None
+        return decision
+
+    def _wake(self, tickets: list[Ticket[_Upstream]]) -> None:
+        for ticket in tickets:
+            event = self._wakers.pop(ticket, None)
+            if event is not None:
+                event.set()
+        self._close_dropped()
+
+    def _release(self, upstream: _Upstream, *, reusable: bool) -> None:
+        pooled = upstream.pooled
+        if pooled is None:
+            upstream.stream.close()
+            return
+        upstream.pooled = None if not reusable else pooled
+        self._wake(self._pool.release(pooled, time.monotonic(), reusable=reusable))
+
+    def _drop(self, holder: list[_Upstream]) -> None:
+        for upstream in holder:
+            if upstream.pooled is not None:
+                self._release(upstream, reusable=False)
+
+    def _close_dropped(self) -> None:
+        closing = self._pool.closing
+        while closing:
+            closing.pop().stream.close()
+
+
+# -- blocking --------------------------------------------------------------------------------
+
+
+class _SyncUpstream:
+    """A pooled blocking connection."""
+
+    __slots__ = ("client", "pooled", "stream")
+
+    def __init__(self, stream: BlockingStream, client: ClientConnection) -> None:
+        self.stream = stream
+        self.client = client
+        self.pooled: PooledConnection[_SyncUpstream] | None = None
 
 
 class SyncUpstreamBody:
     """:class:`UpstreamBody` for the blocking driver: iterate it once, then :meth:`close`."""
 
-    def __init__(self, response: httpcore.Response) -> None:
-        self._response = response
+    def __init__(
+        self,
+        outbound: SyncOutbound,
+        upstream: _SyncUpstream | None,
+        read_timeout: float,
+        first: bytes = b"",
+    ) -> None:
+        self._outbound = outbound
+        self._upstream = upstream
+        self._read_timeout = read_timeout
+        self._first = first
 
     def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._first:
+            data, self._first = self._first, b""
+            return data
+        chunk = self._next()
+        if chunk is None:
+            raise StopIteration
+        return chunk
+
+    def _next(self) -> bytes | None:
+        upstream = self._upstream
+        if upstream is None:
+            return None
+        client = upstream.client
         try:
-            yield from self._response.iter_stream()
-        except _MAPPED as exc:
-            raise OutboundError(failure_reason(exc), _detail(exc)) from exc
+            upstream.stream.set_timeout(self._read_timeout)
+            while True:
+                event = client.next_event()
+                if isinstance(event, ResponseData):
+                    return event.data
+                if isinstance(event, ResponseEnd):
+                    self._finish(reusable=event.reusable)
+                    return None
+                client.receive_data(upstream.stream.receive())
+        except UpstreamProtocolError as exc:
+            self._finish(reusable=False)
+            raise OutboundError(FailureReason.RESET, exc.detail) from None
+        except TimeoutError:
+            self._finish(reusable=False)
+            raise OutboundError(FailureReason.TIMEOUT, "upstream read timed out") from None
+        except OSError as exc:
+            self._finish(reusable=False)
+            raise OutboundError(FailureReason.RESET, describe(exc)) from None
+        except BaseException:
+            self._finish(reusable=False)
+            raise
+
+    def _finish(self, *, reusable: bool) -> None:
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            self._outbound._release(upstream, reusable=reusable)
 
     def close(self) -> None:
-        """Give the connection back to the pool (or drop it if the body was not read)."""
-        self._response.close()
+        """Give the connection back to the pool, or drop it if the body was not read to its end."""
+        self._first = b""
+        self._finish(reusable=False)
 
 
 class SyncOutbound:
-    """:class:`Outbound` for threads: httpcore's sync pool, shared by every worker thread.
+    """:class:`Outbound` for threads, on blocking sockets; one pool shared by every worker.
 
     Args: as :class:`Outbound`.
     """
@@ -380,16 +743,19 @@ class SyncOutbound:
     def __init__(
         self,
         *,
-        max_connections: int = 100,
+        max_connections: int = 1000,
+        max_per_origin: int | None = None,
         keepalive_expiry: float = 15.0,
         ssl_context: ssl.SSLContext | None = None,
+        parser: ParserBackend = "httptools",
     ) -> None:
-        self._pool = _SyncPool(
-            ssl_context=ssl_context if ssl_context is not None else default_ssl_context(),
-            max_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-            retries=0,
+        self._ssl = ssl_context if ssl_context is not None else default_ssl_context()
+        self._pool: ConnectionPool[_SyncUpstream] = ConnectionPool(
+            _limits(max_connections, max_per_origin, keepalive_expiry)
         )
+        self._parser: ParserBackend = parser
+        self._lock = threading.Lock()
+        self._wakers: dict[Ticket[_SyncUpstream], threading.Event] = {}
 
     def __enter__(self) -> SyncOutbound:
         return self
@@ -403,101 +769,225 @@ class SyncOutbound:
         self.close()
 
     def close(self) -> None:
-        self._pool.close()
+        """Close the idle connections; those in use close when their body is done."""
+        with self._lock:
+            self._pool.close()
+        self._close_dropped()
 
     def forward(
         self, action: ForwardUpstream, body: Iterable[bytes], *, content_length: int | None
     ) -> tuple[UpstreamResponded, SyncUpstreamBody] | ActionFailed:
         """As :meth:`Outbound.forward`, blocking."""
-        request = _forward_request(action, body, content_length)
+        request = _forward_request(action, content_length)
         if isinstance(request, ActionFailed):
             return request
-        try:
-            response = self._pool.handle_request(request)
-        except ClientBodyError as exc:
-            return _failed(action.request_id, exc.reason, exc.detail)
-        except _MAPPED as exc:
-            return _failed(action.request_id, failure_reason(exc), _detail(exc))
-        return _responded(action, response), SyncUpstreamBody(response)
+        if request.payload is not None and action.body is None:
+            try:
+                for chunk in body:
+                    if chunk:
+                        raise ClientBodyError(FailureReason.CLIENT, "body longer than declared")
+            except ClientBodyError as exc:
+                return _failed(action.request_id, exc.reason, exc.detail)
+        result = self._exchange(request, body)
+        if isinstance(result, ActionFailed):
+            return result
+        head, upstream, first = result
+        return _responded(action.request_id, head), SyncUpstreamBody(
+            self, upstream, request.read_timeout, first
+        )
 
     def send(self, action: SendHTTP) -> HTTPResponseReceived | ActionFailed:
         """As :meth:`Outbound.send`, blocking."""
+        request = _send_request(action)
+        if isinstance(request, ActionFailed):
+            return request
+        result = self._exchange(request, None)
+        if isinstance(result, ActionFailed):
+            return result
+        head, upstream, first = result
+        stream = SyncUpstreamBody(self, upstream, request.read_timeout, first)
+        chunks: list[bytes] = []
+        size = 0
         try:
-            response = self._pool.handle_request(_send_request(action))
+            for chunk in stream:
+                size += len(chunk)
+                if size > MAX_BUFFERED_RESPONSE:
+                    stream.close()
+                    return _failed(action.request_id, FailureReason.RESET, "answer too large")
+                chunks.append(chunk)
+        except OutboundError as exc:
+            return _failed(action.request_id, exc.reason, exc.detail)
+        return HTTPResponseReceived(
+            request_id=action.request_id,
+            status=head.status,
+            headers=head.headers,
+            body=b"".join(chunks),
+            now=time.time(),
+        )
+
+    def _exchange(
+        self, request: _Request, body: Iterable[bytes] | None
+    ) -> tuple[ResponseHead, _SyncUpstream | None, bytes] | ActionFailed:
+        attempt = 0
+        while True:
+            outcome = self._attempt(request, body, attempt)
+            if outcome is not None:
+                return outcome
+            attempt += 1
+
+    def _attempt(
+        self, request: _Request, body: Iterable[bytes] | None, attempt: int
+    ) -> tuple[ResponseHead, _SyncUpstream | None, bytes] | ActionFailed | None:
+        holder: list[_SyncUpstream] = []
+        phase = "connect"
+        try:
+            upstream = self._acquire(request.target, request.connect_timeout, holder)
+            phase = "send"
+            upstream.stream.set_timeout(request.read_timeout)
+            self._write(upstream, request, body)
+            phase = "receive"
+            head = self._read_head(upstream)
+        except TimeoutError:
+            self._drop(holder)
+            detail = f"upstream {'connect' if phase == 'connect' else 'read'} timed out"
+            return _failed(request.request_id, FailureReason.TIMEOUT, detail)
+        except ClientBodyError as exc:
+            self._drop(holder)
+            return _failed(request.request_id, exc.reason, exc.detail)
+        except (UpstreamProtocolError, OSError) as exc:
+            retry = phase != "connect" and _sync_may_retry(holder, request, attempt)
+            self._drop(holder)
+            if retry:
+                return None
+            if isinstance(exc, UpstreamProtocolError):
+                return _failed(request.request_id, FailureReason.RESET, exc.detail)
+            reason = classify(exc, connecting=phase == "connect")
+            return _failed(request.request_id, reason, describe(exc))
+        except BaseException:
+            self._drop(holder)
+            raise
+        try:
+            event = upstream.client.next_event()
+        except UpstreamProtocolError:
+            return head, upstream, b""
+        if isinstance(event, ResponseEnd):
+            self._release(upstream, reusable=event.reusable)
+            return head, None, b""
+        return head, upstream, event.data if isinstance(event, ResponseData) else b""
+
+    @staticmethod
+    def _write(upstream: _SyncUpstream, request: _Request, body: Iterable[bytes] | None) -> None:
+        client, stream = upstream.client, upstream.stream
+        head = request.head(client)
+        if request.payload is not None or body is None:
+            payload = request.payload or b""
+            stream.send(head + client.send_body(payload) + client.end_request())
+            return
+        stream.send(head)
+        for chunk in body:
+            if chunk:
+                stream.send(client.send_body(chunk))
+        tail = client.end_request()
+        if tail:
+            stream.send(tail)
+
+    @staticmethod
+    def _read_head(upstream: _SyncUpstream) -> ResponseHead:
+        client, stream = upstream.client, upstream.stream
+        while True:
+            event = client.next_event()
+            if isinstance(event, ResponseHead):
+                return event
+            client.receive_data(stream.receive())
+
+    def _acquire(
+        self, target: UpstreamTarget, timeout: float, holder: list[_SyncUpstream]
+    ) -> _SyncUpstream:
+        pool, origin = self._pool, target.origin
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                decision = pool.acquire(origin, time.monotonic())
+                waker = None
+                if isinstance(decision, Wait):
+                    waker = self._wakers[decision.ticket] = threading.Event()
+            self._close_dropped()
+            if isinstance(decision, Wait):
+                assert waker is not None
+                decision = self._wait(decision.ticket, waker, deadline)
+            if isinstance(decision, Reuse):
+                upstream = decision.connection.handle
+                if upstream.stream.is_stale() or not upstream.client.is_reusable:
+                    self._release(upstream, reusable=False)
+                    continue
+                holder.append(upstream)
+                return upstream
             try:
-                body = response.read()
-            finally:
-                response.close()
-        except _MAPPED as exc:
-            return _failed(action.request_id, failure_reason(exc), _detail(exc))
-        return _received(action, response, body)
+                tls = self._ssl if origin[0] == "https" else None
+                left = max(deadline - time.monotonic(), 0.001)
+                stream = connect_blocking(target.host, origin[2], tls, left)
+            except BaseException:
+                with self._lock:
+                    served = pool.connect_failed(origin)
+                self._wake(served)
+                raise
+            upstream = _SyncUpstream(stream, ClientConnection(self._parser))
+            with self._lock:
+                upstream.pooled = pool.connected(origin, upstream)
+            holder.append(upstream)
+            return upstream
+
+    def _wait(
+        self, ticket: Ticket[_SyncUpstream], waker: threading.Event, deadline: float
+    ) -> Reuse[_SyncUpstream] | Open:
+        waker.wait(max(deadline - time.monotonic(), 0))
+        with self._lock:
+            self._wakers.pop(ticket, None)
+            decision, ticket.decision = ticket.decision, None
+            if decision is None:
+                served = self._pool.cancel(ticket, time.monotonic())
+        if decision is None:
+            self._wake(served)
+            raise TimeoutError("no upstream connection free in time")
+        return decision
+
+    def _wake(self, tickets: list[Ticket[_SyncUpstream]]) -> None:
+        with self._lock:
+            wakers = [self._wakers.pop(ticket, None) for ticket in tickets]
+        for waker in wakers:
+            if waker is not None:
+                waker.set()
+        self._close_dropped()
+
+    def _release(self, upstream: _SyncUpstream, *, reusable: bool) -> None:
+        pooled = upstream.pooled
+        if pooled is None:
+            upstream.stream.close()
+            return
+        if not reusable:
+            upstream.pooled = None
+        with self._lock:
+            served = self._pool.release(pooled, time.monotonic(), reusable=reusable)
+        self._wake(served)
+
+    def _drop(self, holder: list[_SyncUpstream]) -> None:
+        for upstream in holder:
+            if upstream.pooled is not None:
+                self._release(upstream, reusable=False)
+
+    def _close_dropped(self) -> None:
+        with self._lock:
+            closing, self._pool.closing[:] = list(self._pool.closing), []
+        for upstream in closing:
+            upstream.stream.close()
 
 
-# -- what both executors send and receive ---------------------------------------------
-
-
-def _forward_request(
-    action: ForwardUpstream,
-    body: AsyncIterable[bytes] | Iterable[bytes],
-    content_length: int | None,
-) -> httpcore.Request | ActionFailed:
-    limit = action.body_limit
-    if limit and content_length is not None and content_length > limit:
-        detail = f"declared body of {content_length} bytes is over {limit}"
-        return _failed(action.request_id, FailureReason.BODY_TOO_LARGE, detail)
-    url = httpcore.URL(action.url)
-    headers = [pair for pair in _encode(action.headers) if pair[0].lower() not in _STRIPPED]
-    if content_length is None:
-        headers.append((b"transfer-encoding", b"chunked"))
-    elif content_length or action.method not in _NO_BODY_METHODS:
-        headers.append((b"content-length", str(content_length).encode("ascii")))
-    timeout = {
-        "connect": action.connect_timeout,
-        "pool": action.connect_timeout,
-        "read": action.read_timeout,
-        "write": action.read_timeout,
-    }
-    return httpcore.Request(
-        action.method,
-        url,
-        headers=_with_host(headers, url),
-        content=body,
-        extensions={"timeout": timeout},
+def _sync_may_retry(holder: list[_SyncUpstream], request: _Request, attempt: int) -> bool:
+    if not holder or holder[0].pooled is None:
+        return False
+    return may_retry(
+        reused=holder[0].pooled.is_reused,
+        replayable=request.payload is not None,
+        response_started=holder[0].client.response_started,
+        attempt=attempt,
     )
-
-
-def _send_request(action: SendHTTP) -> httpcore.Request:
-    url = httpcore.URL(action.url)
-    headers = [pair for pair in _encode(action.headers) if pair[0].lower() not in _STRIPPED]
-    if action.body or action.method not in _NO_BODY_METHODS:
-        headers.append((b"content-length", str(len(action.body)).encode("ascii")))
-    return httpcore.Request(
-        action.method,
-        url,
-        headers=_with_host(headers, url),
-        content=action.body,
-        extensions={"timeout": dict.fromkeys(_TIMEOUT_KEYS, action.timeout)},
-    )
-
-
-def _responded(action: ForwardUpstream, response: httpcore.Response) -> UpstreamResponded:
-    return UpstreamResponded(
-        request_id=action.request_id,
-        status=response.status,
-        headers=_decode(response.headers),
-        now=time.time(),
-    )
-
-
-def _received(action: SendHTTP, response: httpcore.Response, body: bytes) -> HTTPResponseReceived:
-    return HTTPResponseReceived(
-        request_id=action.request_id,
-        status=response.status,
-        headers=_decode(response.headers),
-        body=body,
-        now=time.time(),
-    )
-
-
-def _failed(request_id: int, reason: FailureReason, detail: str) -> ActionFailed:
-    return ActionFailed(request_id=request_id, reason=reason, detail=detail, now=time.time())

@@ -506,21 +506,14 @@ def test_ssl_context_keeps_the_system_store(ca: trustme.CA, tmp_path: Path) -> N
 
 
 def test_failure_table() -> None:
-    import httpcore
-
     ssl_error = ssl.SSLCertVerificationError("certificate verify failed")
-    connect = httpcore.ConnectError("handshake")
-    connect.__cause__ = ssl_error
-    assert failure_reason(connect) is FailureReason.TLS
-    assert failure_reason(httpcore.ConnectError("refused")) is FailureReason.CONNECT
-    for timeout in (
-        httpcore.ConnectTimeout,
-        httpcore.ReadTimeout,
-        httpcore.WriteTimeout,
-        httpcore.PoolTimeout,
-    ):
-        assert failure_reason(timeout("slow")) is FailureReason.TIMEOUT
-    for reset in (httpcore.ReadError, httpcore.WriteError, httpcore.RemoteProtocolError):
-        assert failure_reason(reset("gone")) is FailureReason.RESET
-    with pytest.raises(TypeError):
-        failure_reason(ValueError("not ours"))
+    broken = OSError("handshake")
+    broken.__cause__ = ssl_error
+    assert failure_reason(broken, connecting=True) is FailureReason.TLS
+    assert failure_reason(ConnectionRefusedError("refused"), connecting=True) is (
+        FailureReason.CONNECT
+    )
+    assert failure_reason(TimeoutError("slow")) is FailureReason.TIMEOUT
+    assert failure_reason(TimeoutError("slow"), connecting=True) is FailureReason.TIMEOUT
+    for reset in (ConnectionResetError("gone"), BrokenPipeError("gone"), ssl_error):
+        assert failure_reason(reset) is FailureReason.RESET
