@@ -6,14 +6,14 @@ import argparse
 from collections.abc import Callable
 from typing import Final
 
-from sapg_core import ServerLimits
+from sapg_core import PARSER_BACKENDS, ServerLimits
 
 from ._common import GatewayFactory, GatewayLike, Reload, Timeouts
 from ._logging import LOG_FORMATS
 from ._services import ServiceRegistry
 from .h11_blocking import DEFAULT_WORKERS
 
-__all__ = ["TRANSPORTS", "add_server_arguments", "run_driver", "timeouts_from"]
+__all__ = ["TRANSPORTS", "add_server_arguments", "check_http", "run_driver", "timeouts_from"]
 
 TRANSPORTS: Final = ("trio", "asyncio", "h11")
 
@@ -46,6 +46,13 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         choices=TRANSPORTS,
         default="trio",
         help="trio (default), asyncio, or h11: blocking sockets and a bounded thread pool",
+    )
+    parser.add_argument(
+        "--http",
+        choices=PARSER_BACKENDS,
+        default=None,
+        help="the request parser of the trio and asyncio transports: httptools (llhttp, "
+        "the default) or h11 (the reference); the h11 transport always uses h11",
     )
     parser.add_argument(
         "--header-timeout",
@@ -103,6 +110,22 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_http(transport: str, http: str | None) -> str:
+    """The parser backend to run (``--http``, or the transport's default).
+
+    Raises:
+        ValueError: ``--http httptools`` with the h11 transport, which is the raw h11 driver.
+    """
+    if transport == "h11":
+        if http not in (None, "h11"):
+            raise ValueError(
+                f"--http {http}: the h11 transport always parses with h11 (it is the raw h11 "
+                "driver); use --transport trio or asyncio for httptools"
+            )
+        return "h11"
+    return http or "httptools"
+
+
 def timeouts_from(args: argparse.Namespace) -> Timeouts:
     """The :class:`Timeouts` the options of :func:`add_server_arguments` give."""
     return Timeouts(
@@ -127,8 +150,13 @@ def run_driver(
     on_ready: Callable[[str, int], None],
     grace: float,
     services: ServiceRegistry | None = None,
+    http: str | None = None,
 ) -> int:
-    """Run the chosen driver until SIGINT/SIGTERM; its exit code."""
+    """Run the chosen driver until SIGINT/SIGTERM; its exit code.
+
+    ``http`` is the request parser (see :func:`check_http`, which refuses a mismatch).
+    """
+    backend = check_http(transport, http)
     if transport == "h11":
         from . import h11_blocking
 
@@ -162,4 +190,5 @@ def run_driver(
         on_ready=on_ready,
         grace=grace,
         services=services,
+        http=backend,
     )

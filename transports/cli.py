@@ -30,7 +30,7 @@ from ._common import Loaded
 from ._demo import demo_config
 from ._logging import configure_logging, flush_access_log
 from ._record import TraceRecorder
-from ._serve import _positive, add_server_arguments, run_driver, timeouts_from
+from ._serve import _positive, add_server_arguments, check_http, run_driver, timeouts_from
 from ._services import ServiceRegistry, check_services, load_services, parse_binding
 from .replay import cmd_replay
 
@@ -215,6 +215,10 @@ def cmd_routes(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        http = check_http(args.transport, args.http)
+    except ValueError as exc:
+        raise LoadError(str(exc)) from None
     configure_logging(args.log_level, args.log_format)
     strict = args.strict or strict_from_env(env)
     loaded = read_config(args.config, env)
@@ -276,6 +280,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             on_ready=on_ready,
             grace=args.grace,
             services=None if first is None else first.services,
+            http=http,
         )
     finally:
         flush_access_log()  # the lines of the last requests (at exit too: belt and braces)

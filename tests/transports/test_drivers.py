@@ -12,6 +12,8 @@ import asyncio
 import functools
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +25,7 @@ import pytest
 import trio
 
 from sapg_core import (
+    PARSER_BACKENDS,
     Action,
     ActionFailed,
     Event,
@@ -40,9 +43,10 @@ from sapg_core import (
 from transports import asyncio_driver, h11_blocking, trio_driver
 from transports._common import ClientBodyError
 from transports._outbound import Outbound, SyncOutbound, default_ssl_context
+from transports._serve import check_http
 from transports.asgi import GatewayApp
 
-from .servers import Client, StreamingUpstream, free_port
+from .servers import ROOT, Client, StreamingUpstream, free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(30)]
 
@@ -386,3 +390,46 @@ def test_the_asgi_adapter_stops_relaying_when_the_client_leaves(
         return sent
 
     assert 1024 * 1024 < anyio.run(main) < size // 4
+
+
+class Echo:
+    """A stand-in core that answers every request with its target."""
+
+    def handle(self, event: Event) -> list[Action]:
+        if isinstance(event, RequestReceived):
+            return [respond(event.request_id, event.target.encode())]
+        return []
+
+
+@pytest.mark.parametrize("kind", ["trio", "asyncio"])
+@pytest.mark.parametrize("http", PARSER_BACKENDS)
+def test_each_async_driver_serves_on_either_parser(kind: str, http: str) -> None:
+    server = run_in_thread(kind, Echo(), http=http)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            client = Client(sock)
+            assert client.get("/one")[::2] == (200, b"/one")
+            client.send(
+                b"GET /two HTTP/1.1\r\nHost: t\r\n\r\nGET /three HTTP/1.1\r\nHost: t\r\n\r\n"
+            )
+            assert [client.response()[2] for _ in range(2)] == [b"/two", b"/three"]
+    finally:
+        server.close()
+
+
+def test_the_parser_option_and_the_blocking_driver() -> None:
+    assert check_http("trio", None) == check_http("asyncio", None) == "httptools"
+    assert check_http("asyncio", "h11") == "h11"
+    assert check_http("h11", None) == check_http("h11", "h11") == "h11"
+    with pytest.raises(ValueError, match="always parses with h11"):
+        check_http("h11", "httptools")
+    argv = ["serve", "--transport", "h11", "--http", "httptools", "--port", "0"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "transports.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert refused.returncode == 2
+    assert "the h11 transport always parses with h11" in refused.stderr

@@ -26,6 +26,7 @@ import attrs
 import h11
 import pytest
 import trio
+import trio_asyncio
 
 from sapg_core import (
     Action,
@@ -48,6 +49,7 @@ from sapg_core import (
 )
 from transports._common import Timeouts
 from transports._outbound import Outbound, default_ssl_context
+from transports._services import ServiceRegistry, trio_native
 from transports.trio_driver import serve
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(20)]
@@ -575,3 +577,37 @@ def test_run_exits_0_after_sigterm() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# -- the trio-asyncio loop ------------------------------------------------------------------------
+
+
+@trio_native
+class TrioOnly:
+    async def fetch(self, request: object, env: object, ctx: object) -> str:
+        return "trio"
+
+
+@pytest.mark.parametrize(
+    ("services", "opened"),
+    [
+        (None, False),
+        (ServiceRegistry(), False),
+        (ServiceRegistry(bindings={"trio": TrioOnly()}), False),
+        (ServiceRegistry(bindings={"maybe-asyncio": object()}), True),
+        (ServiceRegistry(services={"svc": TrioOnly(), "other": object()}), True),
+    ],
+)
+@trio_test
+async def test_the_asyncio_loop_is_opened_only_when_services_may_need_it(
+    services: ServiceRegistry | None, opened: bool
+) -> None:
+    seen: list[bool] = []
+
+    def on_ready(host: str, port: int) -> None:  # runs inside serve's context
+        seen.append(trio_asyncio.current_loop.get() is not None)
+
+    async with running(StandIn(), services=services, on_ready=on_ready) as server:
+        client = await Client.connect(server.port)
+        assert (await client.get("/"))[0] == 200
+    assert seen == [opened]
