@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import attrs
 
-from ._actions import Respond
+from ._actions import LogLevel, Respond
 from ._errors import AuthError, GatewayError, InternalError
 from ._events import ActionFailed, Event, Headers
 from ._flow import JSON_HEADERS, Claims, Flow, FlowContext, Request, Step
@@ -210,8 +210,9 @@ class Auth0Authenticator:
             try:
                 return StaticJwks(KeySet.parse(document))
             except AuthError as exc:  # jose's JWKSInvalid: a 401 for every token, as the original
+                # The operator's own key set: logged at ERROR (a config fault, not the client's).
                 message, code, log = exc.message, exc.code, exc.log
-                return lambda: AuthError(message, code=code, log=log)
+                return lambda: AuthError(message, code=code, log=log, level=LogLevel.ERROR)
         if authorizer.jwks_uri:
             return RemoteJwks(self.jwks_cache, authorizer.jwks_uri)
         return _config_error("No JWKS source configured.")
@@ -435,6 +436,7 @@ def _call_auth0(
             code="AUTH0_UPSTREAM_ERROR",
             log=f"Auth0 {operation.name} failed with status {outcome.status}"
             + _oauth_error(outcome.body),
+            level=LogLevel.WARNING,  # the provider's answer, whatever its status
         )
     try:
         value = json_body(outcome.body)
@@ -563,7 +565,7 @@ def callback_flow(ctx: FlowContext) -> Flow:
     )
     id_token = tokens.get("id_token") if isinstance(tokens, dict) else None
     if not isinstance(id_token, str) or not id_token:
-        raise InternalError("Auth0's token answer has no id_token")
+        raise InternalError("Auth0's token answer has no id_token", level=LogLevel.WARNING)
     claims = yield from auth0.verify_id_token(
         id_token,
         request_id=ctx.request.id,

@@ -8,10 +8,18 @@ codes, ``error`` texts and ``code`` strings are the original gateway's
 :class:`IllegalTransition` is different: it means a transport misused the core
 (an event nobody asked for). It is a bug, so it is raised to the caller and
 never turned into a response.
+
+Log levels: an error that carries a ``log`` text is logged at its
+:attr:`GatewayError.log_level`. A client's fault (a bad token, a malformed
+request: every 4xx) is INFO, a fault of an upstream, identity provider or
+service (502, 504, a provider's odd answer) is WARNING, and only the
+gateway's own faults (:class:`InternalError`: a config defect, a bug) are
+ERROR. A 401 is not a server error, so it must not page anyone.
 """
 
 from __future__ import annotations
 
+from ._actions import LogLevel
 from ._json import dumps
 
 __all__ = [
@@ -35,6 +43,8 @@ class GatewayError(Exception):
 
     status: int = 500
     code: str = "INTERNAL_ERROR"
+    #: The level of the ``log`` line; ``None``: INFO below 500, else WARNING.
+    log_level: LogLevel | None = None
 
     def __init__(
         self,
@@ -43,6 +53,7 @@ class GatewayError(Exception):
         status: int | None = None,
         code: str | None = None,
         log: str | None = None,
+        level: LogLevel | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -52,6 +63,15 @@ class GatewayError(Exception):
             self.code = code
         #: Extra detail for the operator's log only, never for the client.
         self.log = log
+        if level is not None:
+            self.log_level = level
+
+    @property
+    def level(self) -> LogLevel:
+        """The level to log :attr:`log` at (module docstring)."""
+        if self.log_level is not None:
+            return self.log_level
+        return LogLevel.INFO if self.status < 500 else LogLevel.WARNING
 
     def body(self) -> bytes:
         return dumps({"error": self.message, "code": self.code})
@@ -104,10 +124,11 @@ class InternalError(_FixedBodyError):
 
     status = 500
     code = "INTERNAL_ERROR"
+    log_level = LogLevel.ERROR
     fixed_body = dumps({"message": "Internal server error"})
 
-    def __init__(self, log: str) -> None:
-        super().__init__("Internal server error", log=log)
+    def __init__(self, log: str, *, level: LogLevel | None = None) -> None:
+        super().__init__("Internal server error", log=log, level=level)
 
 
 class ConfigDefect(InternalError):

@@ -259,7 +259,7 @@ class Gateway:
             response = self._with_route(request, self._error_response(request, exc))
             if exc.log is None:
                 return [response]
-            log = Log(level=LogLevel.ERROR, message=exc.log, request_id=request.id)
+            log = Log(level=exc.level, message=exc.log, request_id=request.id)
             return [log, response]
         except Exception as exc:  # the boundary: a bug must not reach the client
             log = Log(

@@ -52,7 +52,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
-from ._actions import SendHTTP
+from ._actions import LogLevel, SendHTTP
 from ._errors import AuthError
 from ._events import ActionFailed, Event, HTTPResponseReceived
 from ._flow import Shared, Step
@@ -119,13 +119,23 @@ class _NoMatchingKey(AuthError):
 
 
 def _invalid_jwks(detail: str) -> AuthError:
-    return AuthError("Invalid JWKS", code="ERR_JWKS_INVALID", log=detail)
+    # The key set is the provider's (or the operator's), not the client's: WARNING.
+    return AuthError("Invalid JWKS", code="ERR_JWKS_INVALID", log=detail, level=LogLevel.WARNING)
 
 
 def _multiple_keys(detail: str) -> AuthError:
     return AuthError(
-        "Multiple matching keys found in JWKS.", code="ERR_JWKS_MULTIPLE_MATCHING_KEYS", log=detail
+        "Multiple matching keys found in JWKS.",
+        code="ERR_JWKS_MULTIPLE_MATCHING_KEYS",
+        log=detail,
+        level=LogLevel.WARNING,
     )
+
+
+def _provider_fault(error: AuthError) -> AuthError:
+    """``error``, logged at WARNING: the key set could not be fetched or used (not the client)."""
+    error.log_level = LogLevel.WARNING
+    return error
 
 
 # --- key sets ------------------------------------------------------------------------------------
@@ -215,14 +225,18 @@ class KeySet:
         if jwk.get("d"):
             raise _invalid_jwks("JSON Web Key Set members must be public keys")
         if kty == "RSA" and (bits := _rsa_bits(jwk)) and bits < _MIN_RSA_BITS:
-            raise _verification_failed(f"{alg} requires an RSA modulus of 2048 bits, not {bits}")
+            raise _provider_fault(
+                _verification_failed(f"{alg} requires an RSA modulus of 2048 bits, not {bits}")
+            )
         public: dict[str, str | list[str]] = {
             name: value for name in _PUBLIC_MEMBERS[kty] if isinstance(value := jwk.get(name), str)
         }
         try:
             key = _IMPORTERS[kty].import_key(public)
         except (JoseError, ValueError, TypeError, KeyError) as exc:
-            raise _verification_failed(f"JWKS key {index} cannot be imported: {exc}") from None
+            raise _provider_fault(
+                _verification_failed(f"JWKS key {index} cannot be imported: {exc}")
+            ) from None
         self._imported[(index, alg)] = key
         return key
 
@@ -369,16 +383,22 @@ class JwksCache:
         if known is not None and known.source is outcome:
             return known  # another request of the same fetch stored it already
         if isinstance(outcome, ActionFailed):
-            raise _verification_failed(
-                f"JWKS {uri}: fetch failed: {outcome.reason.value}: {outcome.detail}"
+            raise _provider_fault(
+                _verification_failed(
+                    f"JWKS {uri}: fetch failed: {outcome.reason.value}: {outcome.detail}"
+                )
             )
         assert isinstance(outcome, HTTPResponseReceived)
         if outcome.status != 200:  # jose: "Expected 200 OK from the JSON Web Key Set HTTP response"
-            raise _verification_failed(f"JWKS {uri}: answered {outcome.status}, not 200")
+            raise _provider_fault(
+                _verification_failed(f"JWKS {uri}: answered {outcome.status}, not 200")
+            )
         try:
             document = json_body(outcome.body)
         except ValueError:
-            raise _verification_failed(f"JWKS {uri}: the answer is not JSON") from None
+            raise _provider_fault(
+                _verification_failed(f"JWKS {uri}: the answer is not JSON")
+            ) from None
         try:
             key_set = KeySet.parse(document)
         except AuthError:

@@ -139,6 +139,26 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+#: The last second of 9999-12-31 UTC: the largest NumericDate a sane token carries.
+MAX_NUMERIC_DATE: Final = 253_402_300_799
+
+
+def is_sane_date(value: object) -> bool:
+    """Whether ``value`` is a NumericDate (RFC 7519 §2) a token may sanely carry.
+
+    A number (not a bool), finite (``1e400`` parses as infinity), not NaN, and in
+    ``0 .. MAX_NUMERIC_DATE``. jose accepts any number, so ``exp: 1e400`` made a token that
+    never expires; we refuse it as invalid (docs/differences.md).
+    """
+    if not _is_number(value):
+        return False
+    assert isinstance(value, int | float)
+    try:
+        return 0 <= value <= MAX_NUMERIC_DATE  # NaN compares false; a huge int compares fine
+    except OverflowError:  # pragma: no cover - int/float comparison does not overflow
+        return False
+
+
 def _has_audience(aud: object, audience: str) -> bool:
     if isinstance(aud, str):
         return aud == audience
@@ -162,21 +182,25 @@ def _check_issuer_and_audience(
         raise _claim_failed('unexpected "aud" claim value')
 
 
+def _check_date(payload: Mapping[str, object], name: str) -> float:
+    value = payload[name]
+    if not _is_number(value):
+        raise _claim_failed(f'"{name}" claim must be a number')
+    if not is_sane_date(value):
+        raise _claim_failed(
+            f'"{name}" claim is not a sane NumericDate (non-finite or out of range)'
+        )
+    assert isinstance(value, int | float)
+    return value
+
+
 def _check_times(payload: Mapping[str, object], now: int) -> None:
-    if "iat" in payload and not _is_number(payload["iat"]):
-        raise _claim_failed('"iat" claim must be a number')
-    if "nbf" in payload:
-        nbf = payload["nbf"]
-        if not isinstance(nbf, int | float) or isinstance(nbf, bool):
-            raise _claim_failed('"nbf" claim must be a number')
-        if nbf > now:
-            raise _not_yet_valid()
-    if "exp" in payload:
-        exp = payload["exp"]
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
-            raise _claim_failed('"exp" claim must be a number')
-        if exp <= now:
-            raise _expired()
+    if "iat" in payload:
+        _check_date(payload, "iat")
+    if "nbf" in payload and _check_date(payload, "nbf") > now:
+        raise _not_yet_valid()
+    if "exp" in payload and _check_date(payload, "exp") <= now:
+        raise _expired()
 
 
 def validate_claims(
@@ -195,7 +219,8 @@ def validate_claims(
 
     Raises:
         AuthError: ``ERR_JWT_CLAIM_VALIDATION_FAILED`` (``iss``/``aud`` missing or wrong,
-            ``iat``/``nbf``/``exp`` not a number, ``nbf > now``), or ``ERR_JWT_EXPIRED``
+            ``iat``/``nbf``/``exp`` not a number or not a sane date (:func:`is_sane_date`),
+            ``nbf > now``), or ``ERR_JWT_EXPIRED``
             (``exp <= now``), checked in that order.
     """
     _check_issuer_and_audience(payload, issuer, audience)

@@ -7,6 +7,24 @@ to (no interpolation). No template, or nothing to resolve, leaves the
 header/parameter unset. Sources are read from the request as it arrived, so
 mappings never chain. These quirks are the original's and users' configs
 depend on them.
+
+Theory of operation
+-------------------
+A header or query parameter that a mapping names belongs to the gateway: the
+client's own values of it are dropped *before* the mapping is applied,
+whether or not the mapping resolves to anything (nginx's ``proxy_set_header``
+with an empty value drops the header the same way). So a route that maps
+``$request.jwt.role`` into ``X-Role`` never forwards the client's own
+``X-Role: admin`` when the token has no ``role`` (or ``role: null``). The
+original kept the client's value in that case (docs/differences.md).
+
+A header value the gateway sets must be one HTTP can carry: Latin-1, and no
+control character other than HTAB (C0 controls and DEL; the original refused
+only CR, LF and NUL, the ones Fetch refuses). Such a value raises
+:class:`UnsendableValue`, answered as the original answers a value it cannot
+set: 500 ``{"message":"Internal server error"}``, the log naming the header
+(never the value). Query values are percent-encoded, so any character is safe
+there.
 """
 
 from __future__ import annotations
@@ -14,18 +32,31 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from ._actions import LogLevel
 from ._errors import InternalError
 from ._events import Headers
 from ._json import JSONValue, js_string
 from ._model import MappingSpec
 from ._url import form_decode, form_encode
 
-__all__ = ["MappingSources", "apply_mapping", "js_string"]
+__all__ = ["MappingSources", "UnsendableValue", "apply_mapping", "js_string"]
 
 _TEMPLATE = re.compile(
     r"\$(request\.header|request\.jwt|config|request\.query)\.([A-Za-z0-9_.\-]+)"
 )
 _MISSING = object()
+# C0 controls and DEL, but not HTAB: what RFC 9110 field values cannot hold.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class UnsendableValue(InternalError):
+    """A mapped header value HTTP cannot carry: 500, as the original answers it.
+
+    Logged at WARNING: the value comes from the request, the token or the
+    config, so it is not a fault of the gateway's own code.
+    """
+
+    log_level = LogLevel.WARNING
 
 
 class MappingSources:
@@ -75,50 +106,63 @@ class MappingSources:
 
 def _header_value(name: str, value: str) -> str:
     # Fetch's Headers.set refuses values that are not ByteStrings or hold CR,
-    # LF or NUL; the original then answers 500. Do the same, naming the cause.
+    # LF or NUL; the original then answers 500. Do the same, naming the cause,
+    # and refuse the other controls too (RFC 9110 §5.5: only HTAB is allowed).
     try:
         value.encode("latin-1")
     except UnicodeEncodeError:
-        raise InternalError(f"mapped value for header {name!r} is not Latin-1") from None
-    if any(c in value for c in "\r\n\x00"):
-        raise InternalError(f"mapped value for header {name!r} holds a control character")
+        raise UnsendableValue(f"mapped value for header {name!r} is not Latin-1") from None
+    if _CONTROL.search(value) is not None:
+        raise UnsendableValue(f"mapped value for header {name!r} holds a control character")
     return value.strip(" \t")
 
 
 def apply_mapping(
     spec: MappingSpec, sources: MappingSources, headers: Headers, query: str
 ) -> tuple[Headers, str]:
-    """Return the upstream (headers, query) with the mapping applied."""
+    """Return the upstream (headers, query) with the mapping applied.
+
+    Every header and query parameter ``spec`` names is first removed from what
+    the client sent, then set when its template resolves (module docstring).
+
+    Raises:
+        UnsendableValue: a resolved header value HTTP cannot carry.
+    """
     out = list(headers)
+    if spec.headers:
+        owned = {name.lower() for name, _ in spec.headers}
+        out = [item for item in out if item[0] not in owned]
     for name, template in spec.headers:
         value = sources.resolve(template)
         if value is None:
             continue
         lower = name.lower()
         text = _header_value(lower, js_string(value))
-        out = [(k, v) for k, v in out if k != lower]
+        out = [(k, v) for k, v in out if k != lower]  # two entries of one name: the last wins
         out.append((lower, text))
     if spec.query is None:
         return tuple(out), query
     pairs = form_decode(query)
     for name, template in spec.query:
         value = sources.resolve(template)
-        if value is None:
-            continue
-        pairs = _set_param(pairs, name, js_string(value))
+        pairs = _set_param(pairs, name, None if value is None else js_string(value))
     return tuple(out), form_encode(pairs)
 
 
-def _set_param(pairs: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
-    """``URLSearchParams.set``: replace the first, drop the rest, else append."""
+def _set_param(pairs: list[tuple[str, str]], name: str, value: str | None) -> list[tuple[str, str]]:
+    """``URLSearchParams.set``: replace the first, drop the rest, else append.
+
+    ``value`` None: ``URLSearchParams.delete`` (the client's values go, none is set).
+    """
     out: list[tuple[str, str]] = []
-    done = False
+    done = value is None
     for key, old in pairs:
         if key != name:
             out.append((key, old))
         elif not done:
+            assert value is not None
             out.append((key, value))
             done = True
-    if not done:
+    if not done and value is not None:
         out.append((name, value))
     return out

@@ -17,6 +17,8 @@ jsonwebtoken 9's checks and their order; the first failing check decides (all 40
    base64url without padding, compared as text (constant time).
 5. ``nbf``: present and not a number: ``invalid nbf value``; ``nbf > now``: NotBeforeError.
 6. ``exp``: present and not a number: ``invalid exp value``; ``now >= exp``: TokenExpiredError.
+   *New* (before 5): an ``iat``, ``nbf`` or ``exp`` that is not a sane date (non-finite,
+   such as ``1e400``, or outside 0..9999-12-31) is ``invalid <claim> value`` too.
 7. ``jwt audience invalid. expected: <audience>`` (when ``audience`` is truthy: ``aud``, or an
    element of an ``aud`` array, must equal it).
 8. ``jwt issuer invalid. expected: <issuer>`` (when ``issuer`` is truthy).
@@ -56,13 +58,14 @@ from urllib.parse import urljoin, urlsplit
 
 import attrs
 
+from ._actions import LogLevel
 from ._config import _truthy
 from ._errors import AuthError, GatewayError, InternalError
 from ._events import ActionFailed, Event, Headers, HTTPResponseReceived
 from ._flow import Claims, Flow, FlowContext, Request, Step
 from ._json import JSONValue, dumps, js_number, js_string
 from ._jwks import ALLOWED_JWS_ALGORITHMS, JwksCache, JwksPolicy, RemoteJwks, json_body, verify_jws
-from ._jwt import _JSON, _utf8, bearer_token
+from ._jwt import _JSON, _utf8, bearer_token, is_sane_date
 from ._model import SupabaseAuthorizer
 
 __all__ = [
@@ -157,18 +160,24 @@ def _hs256(signing_input: str, secret: str) -> str:
 def _check_claims(
     payload: object, *, issuer: str | None, audience: str | None, now: float
 ) -> Claims:
-    """jsonwebtoken's payload checks, in its order: nbf, exp, aud, iss."""
+    """jsonwebtoken's payload checks, in its order: nbf, exp, aud, iss (sane dates first)."""
     claims: Mapping[str, object] = payload if isinstance(payload, dict) else {}
     clock = math.floor(now)
     nbf, exp = claims.get("nbf", _ABSENT), claims.get("exp", _ABSENT)
+    # *New*: a date that is not a sane NumericDate (1e400 parses as infinity) is invalid,
+    # for iat too, which jsonwebtoken does not check (docs/differences.md).
+    if "iat" in claims and not is_sane_date(claims["iat"]):
+        raise _invalid("invalid iat value")
     if nbf is not _ABSENT:
-        if not isinstance(nbf, int | float) or isinstance(nbf, bool):
+        if not is_sane_date(nbf):
             raise _invalid("invalid nbf value")
+        assert isinstance(nbf, int | float)
         if nbf > clock:
             raise AuthError("Token not active yet (nbf)", code="JWT_NOT_ACTIVE")
     if exp is not _ABSENT:
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
+        if not is_sane_date(exp):
             raise _invalid("invalid exp value")
+        assert isinstance(exp, int | float)
         if clock >= exp:
             raise AuthError("Token has expired.", code="JWT_EXPIRED")
     if audience:
@@ -264,9 +273,11 @@ class SupabaseAuthenticator:
         except AuthError as exc:
             message = _JOSE_AS_JSONWEBTOKEN.get(exc.code)
             log = exc.log or exc.message
-            if message is None:
-                raise _unexpected(f"jwks_uri: {log}") from None
-            raise _invalid(message, log=log) from None
+            error = (
+                _unexpected(f"jwks_uri: {log}") if message is None else _invalid(message, log=log)
+            )
+            error.log_level = exc.log_level  # a key set that cannot be fetched stays a WARNING
+            raise error from None
         return claims
 
 
@@ -329,6 +340,13 @@ class _Reply:
     @property
     def is_ok(self) -> bool:
         return self.error is None and self.thrown is None
+
+    @property
+    def level(self) -> LogLevel:
+        """GoTrue refused the input (4xx): INFO; it failed (no answer, 5xx, odd): WARNING."""
+        if self.thrown is None and 400 <= self.status <= 499:
+            return LogLevel.INFO
+        return LogLevel.WARNING
 
 
 def _gotrue(
@@ -495,6 +513,7 @@ def passwordless_auth_flow(ctx: FlowContext) -> Flow:
             status=400 if refused else 502,
             code="SUPABASE_OTP_SEND_FAILED",
             log=reply.log or None,
+            level=reply.level,
         )
     payload = {
         "phone": phone,
@@ -505,13 +524,14 @@ def passwordless_auth_flow(ctx: FlowContext) -> Flow:
     }
     reply = yield from _gotrue(ctx, gotrue, "/otp", payload)
     if reply.thrown is not None:
-        raise InternalError(f"{reply.log}: {reply.thrown}")
+        raise InternalError(f"{reply.log}: {reply.thrown}", level=LogLevel.WARNING)
     if reply.error is not None:
         raise GatewayError(
             f"Phone OTP Error: {reply.error}",
             status=400,
             code="SUPABASE_OTP_SEND_FAILED",
             log=reply.log or None,
+            level=reply.level,
         )
     return ctx.respond_json(200, _SMS_SENT)
 
@@ -532,18 +552,19 @@ def passwordless_verify_flow(ctx: FlowContext) -> Flow:
     )
     reply = yield from _gotrue(ctx, gotrue, "/verify", payload)
     if reply.thrown is not None:
-        raise InternalError(f"{reply.log}: {reply.thrown}")
+        raise InternalError(f"{reply.log}: {reply.thrown}", level=LogLevel.WARNING)
     if reply.error is not None:
         raise GatewayError(
             f"OTP Verification Error: {reply.error}",
             status=401,
             code="SUPABASE_OTP_VERIFY_FAILED",
             log=reply.log or None,
+            level=reply.level,
         )
     try:
         session = _session(reply.data, ctx.request.now)
     except _Thrown as exc:
-        raise InternalError(f"Supabase Auth /verify: {exc}") from None
+        raise InternalError(f"Supabase Auth /verify: {exc}", level=LogLevel.WARNING) from None
     return ctx.respond_json(200, session)
 
 
@@ -591,9 +612,14 @@ def passwordless_auth_alt_flow(ctx: FlowContext) -> Flow:
             status=502,
             code="SUPABASE_OTP_ALT_FAILED",
             log=reply.log or None,
+            level=reply.level,
         )
     if reply.error is not None and "already registered" not in reply.error:
         raise GatewayError(
-            reply.error, status=400, code="SUPABASE_OTP_ALT_FAILED", log=reply.log or None
+            reply.error,
+            status=400,
+            code="SUPABASE_OTP_ALT_FAILED",
+            log=reply.log or None,
+            level=reply.level,
         )
     return ctx.respond_json(200, _ALT_ATTEMPTED)
