@@ -253,6 +253,23 @@ def _send_request(action: SendHTTP) -> _Request | ActionFailed:
     )
 
 
+def _ready(client: ClientConnection) -> tuple[bytes, ResponseEnd | None]:
+    """The body bytes parsed already, joined, and the end if it came with them.
+
+    Seeing the end along with the last bytes gives the connection back before
+    those bytes are relayed, so the client's next request can already reuse it.
+    """
+    chunks: list[bytes] = []
+    while True:
+        event = client.next_event()
+        if isinstance(event, ResponseData):
+            chunks.append(event.data)
+        elif isinstance(event, ResponseEnd):
+            return b"".join(chunks), event
+        else:
+            return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), None
+
+
 def _responded(request_id: int, head: ResponseHead) -> UpstreamResponded:
     return UpstreamResponded(
         request_id=request_id, status=head.status, headers=head.headers, now=time.time()
@@ -313,12 +330,12 @@ class UpstreamBody:
         client = upstream.client
         try:
             while True:
-                event = client.next_event()
-                if isinstance(event, ResponseData):
-                    return event.data
-                if isinstance(event, ResponseEnd):
-                    self._finish(reusable=event.reusable)
-                    return None
+                data, end = _ready(client)
+                if end is not None:
+                    self._finish(reusable=end.reusable)
+                    return data or None
+                if data:
+                    return data
                 client.receive_data(await upstream.stream.receive(self._read_timeout))
         except UpstreamProtocolError as exc:
             self._finish(reusable=False)
@@ -506,17 +523,15 @@ class Outbound:
     def _after_head(
         self, head: ResponseHead, upstream: _Upstream
     ) -> tuple[ResponseHead, _Upstream | None, bytes]:
-        """Give the connection back at once when the response has no body; keep a first chunk."""
+        """Give the connection back at once when the whole body came with the head."""
         try:
-            event = upstream.client.next_event()
+            data, end = _ready(upstream.client)
         except UpstreamProtocolError:
             return head, upstream, b""  # the body iterator reports it
-        if isinstance(event, ResponseEnd):
-            self._release(upstream, reusable=event.reusable)
-            return head, None, b""
-        if isinstance(event, ResponseData):
-            return head, upstream, event.data
-        return head, upstream, b""
+        if end is not None:
+            self._release(upstream, reusable=end.reusable)
+            return head, None, data
+        return head, upstream, data
 
     @staticmethod
     def _may_retry(holder: list[_Upstream], request: _Request, attempt: int) -> bool:
@@ -703,12 +718,12 @@ class SyncUpstreamBody:
         try:
             upstream.stream.set_timeout(self._read_timeout)
             while True:
-                event = client.next_event()
-                if isinstance(event, ResponseData):
-                    return event.data
-                if isinstance(event, ResponseEnd):
-                    self._finish(reusable=event.reusable)
-                    return None
+                data, end = _ready(client)
+                if end is not None:
+                    self._finish(reusable=end.reusable)
+                    return data or None
+                if data:
+                    return data
                 client.receive_data(upstream.stream.receive())
         except UpstreamProtocolError as exc:
             self._finish(reusable=False)
@@ -867,13 +882,13 @@ class SyncOutbound:
             self._drop(holder)
             raise
         try:
-            event = upstream.client.next_event()
+            data, end = _ready(upstream.client)
         except UpstreamProtocolError:
-            return head, upstream, b""
-        if isinstance(event, ResponseEnd):
-            self._release(upstream, reusable=event.reusable)
-            return head, None, b""
-        return head, upstream, event.data if isinstance(event, ResponseData) else b""
+            return head, upstream, b""  # the body iterator reports it
+        if end is not None:
+            self._release(upstream, reusable=end.reusable)
+            return head, None, data
+        return head, upstream, data
 
     @staticmethod
     def _write(upstream: _SyncUpstream, request: _Request, body: Iterable[bytes] | None) -> None:

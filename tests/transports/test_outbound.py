@@ -517,3 +517,67 @@ def test_failure_table() -> None:
     assert failure_reason(TimeoutError("slow"), connecting=True) is FailureReason.TIMEOUT
     for reset in (ConnectionResetError("gone"), BrokenPipeError("gone"), ssl_error):
         assert failure_reason(reset) is FailureReason.RESET
+
+
+# -- the pool and the parsers ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_h11_parser_backend_gives_the_same_answers(backend: str, upstream: Upstream) -> None:
+    async def test() -> None:
+        async with Outbound(ssl_context=shared_ssl_context(), parser="h11") as outbound:
+            for _ in range(2):
+                result = await outbound.forward(
+                    forward(upstream.url("/echo?x=1")), no_body(), content_length=0
+                )
+                assert not isinstance(result, ActionFailed)
+                assert json.loads(await read_all(result[1]))["path"] == "/echo?x=1"
+            result = await outbound.forward(
+                forward(upstream.url("/stream")), no_body(), content_length=0
+            )
+            assert not isinstance(result, ActionFailed)
+            received = 0
+            async for chunk in result[1]:
+                received += len(chunk)
+                upstream.client_has_first_chunk.set()
+            await result[1].aclose()
+            assert received == CHUNK * CHUNKS
+        assert upstream.connections == 1
+
+    run(backend, test)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_full_origin_waits_at_most_the_connect_timeout_and_others_go_on(
+    backend: str, upstream: Upstream
+) -> None:
+    other = Upstream()
+
+    async def test() -> None:
+        async with Outbound(ssl_context=shared_ssl_context(), max_per_origin=1) as outbound:
+            held = await outbound.forward(
+                forward(upstream.url("/stream")), no_body(), content_length=0
+            )
+            assert not isinstance(held, ActionFailed)  # its body is not read: it holds the slot
+            started = time.monotonic()
+            waited = await outbound.forward(
+                forward(upstream.url("/echo"), connect_timeout=0.3), no_body(), content_length=0
+            )
+            assert isinstance(waited, ActionFailed)
+            assert waited.reason is FailureReason.TIMEOUT
+            assert 0.25 < time.monotonic() - started < 3
+            sent = await outbound.send(
+                SendHTTP(request_id=2, method="GET", url=other.url("/echo"), headers=())
+            )
+            assert isinstance(sent, HTTPResponseReceived) and sent.status == 200
+            await held[1].aclose()  # dropped unread: the slot frees up for the next one
+            again = await outbound.send(
+                SendHTTP(request_id=3, method="GET", url=upstream.url("/echo"), headers=())
+            )
+            assert isinstance(again, HTTPResponseReceived) and again.status == 200
+        upstream.client_has_first_chunk.set()
+
+    try:
+        run(backend, test)
+    finally:
+        other.close()
