@@ -411,11 +411,11 @@ def _inprocess_figures(part: dict[str, Any]) -> list[dict[str, Any]]:
             "core_static_per_second",
         )
     ]
-    for kind in ("hit", "miss"):
+    for kind, plural in (("hit", "hits"), ("miss", "misses")):
         t10, t10k = routing[kind]["10"]["tree"]["us"], routing[kind]["10000"]["tree"]["us"]
         out.append(
             _figure(
-                f"routing in-process, 10,000 vs 10 routes, {kind}s (match/s ratio)",
+                f"routing in-process, 10,000 vs 10 routes, {plural} (match/s ratio)",
                 t10 / t10k,
                 f"{t10 / t10k:.2f}x ({t10k:.2f} vs {t10:.2f} us per match)",
                 "routing_10000_vs_10",
@@ -440,6 +440,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(
             f"{r['figure']:<{width}}  {r['measured']:<{shown}}  {r['target']:>10}  {r['verdict']}"
         )
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The same table in Markdown, for docs/benchmarks.md (written to bench-results/table.md)."""
+    lines = ["| figure | measured | target | verdict |", "| --- | --- | ---: | --- |"]
+    for r in rows:
+        verdict = f"**{r['verdict']}**" if r["verdict"] else ""
+        lines.append(f"| {r['figure']} | {r['measured']} | {r['target']} | {verdict} |")
+    return "\n".join(lines) + "\n"
 
 
 def _warnings(results: dict[str, Any]) -> list[str]:
@@ -621,7 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     needs_wrk = set(args.parts) - {"inprocess"} or args.profile
     if needs_wrk and shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk nginx (nox -s bench does it)")
-    if needs_wrk and harness.which_nginx() is None and set(args.parts) & {"proxy", "latency"}:
+    needs_nginx = set(args.parts) & {"proxy", "latency"} or args.profile
+    if needs_nginx and harness.which_nginx() is None:
         raise SystemExit("nginx not found: apt-get install nginx (nox -s bench does it)")
     OUT.mkdir(exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -660,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     results["figures"] = figures(results)
     results["warnings"] = _warnings(results)
     (OUT / "results.json").write_text(json.dumps(harness.jsonable(results), indent=2))
+    (OUT / "table.md").write_text(markdown_table(results["figures"]))
     print_table(results["figures"])
     for note in results["warnings"]:
         print(f"WARNING: {note}")
