@@ -10,6 +10,11 @@ starts a flow on :class:`RequestReceived`, sends the outcome event of the
 pending action back into it, and returns the actions it produced. A flow ends
 by returning its final action (:class:`Respond` or :class:`RelayResponse`).
 
+A route whose integration is ``http_proxy`` first refuses a request-target
+whose path holds an encoded slash, backslash or dot-segment (400, before the
+authorizer; :func:`escaped_path_problem`): the upstream must not read the path
+another way than the gateway routed it.
+
 Errors are values: deep code raises :class:`GatewayError`; :meth:`_run` is
 the one place that turns them into responses (with CORS and X-Powered-By).
 An event for a request that has no pending action, or of a type the pending
@@ -75,7 +80,7 @@ from ._supabase import (
     passwordless_auth_flow,
     passwordless_verify_flow,
 )
-from ._url import BadTarget, split_target
+from ._url import BadTarget, escaped_path_problem, split_target
 
 __all__ = ["INTEGRATIONS", "POWERED_BY", "Gateway"]
 
@@ -131,6 +136,20 @@ def _set_headers(headers: Headers, replace: Headers) -> Headers:
     """Fetch ``Headers.set`` for each of ``replace``: drop old values, append new."""
     names = {name for name, _ in replace}
     return (*(item for item in headers if item[0] not in names), *replace)
+
+
+def _path_escape(problem: str) -> GatewayError:
+    """*New*: 400 for a proxied path that could step out of the server URL's base path.
+
+    Envoy's ``path_with_escaped_slashes_action: REJECT_REQUEST``, widened to encoded
+    backslashes and dot-segments (docs/differences.md).
+    """
+    return GatewayError(
+        "Request path holds an encoded slash, backslash or dot-segment",
+        status=400,
+        code="BAD_REQUEST_PATH",
+        log=f"refused a proxied request whose path holds {problem}",
+    )
 
 
 class Gateway:
@@ -359,12 +378,16 @@ class Gateway:
         self._route_labels[request.id] = self._labels[match.index]
         if route.defect is not None:
             raise ConfigDefect(f"route {route.method} {route.path}: {route.defect}")
+        integration = route.integration
+        if integration is not None and integration.type == "http_proxy":
+            problem = escaped_path_problem(request.event.target)
+            if problem is not None:
+                raise _path_escape(problem)
         claims = None
         if route.auth:
             # Compilation marks auth routes without a usable authorizer as defects.
             assert self._authenticator is not None
             claims = yield from self._authenticator.authenticate(request)
-        integration = route.integration
         kind = integration.type if integration is not None else None
         run = INTEGRATIONS.get(kind or "")
         if run is None and route.pre_process is None:

@@ -15,6 +15,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 __all__ = [
     "BadTarget",
     "build_upstream_url",
+    "escaped_path_problem",
     "form_decode",
     "form_encode",
     "split_target",
@@ -75,6 +76,40 @@ def _normalise_path(raw: str) -> str:
         else:
             out.append(_percent_encode(segment, _PATH_UNSAFE))
     return "/" + "/".join(out)
+
+
+def _raw_path(target: str) -> str:
+    """The path of a request-target as sent: no authority, query or fragment, nothing resolved."""
+    if not target.startswith("/"):
+        rest = target.split("://", 1)[-1]
+        cut = min(
+            (i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=-1
+        )
+        target = "" if cut < 0 else rest[cut:]
+    return target.split("#", 1)[0].split("?", 1)[0]
+
+
+def escaped_path_problem(target: str) -> str | None:
+    """Why a request-target's path must not be proxied, or ``None`` when it may be.
+
+    An encoded slash or backslash (``%2f``, ``%5c``) anywhere in the path, a dot-segment
+    written with ``%2e`` (``%2e%2e``, ``.%2e``, ``%2e.``, ``%2e``), or a dot-segment that
+    carries ``;`` parameters (``..;``, ``..;x``: Tomcat and others read it as ``..``). An
+    upstream that decodes the path would walk out of the server URL's base path with them;
+    percent forms are matched in any case. Plain ``.``/``..`` segments are resolved by
+    :func:`split_target` before routing and never reach an upstream.
+    """
+    path = _raw_path(target)
+    if "%" not in path and ";" not in path:
+        return None  # the common case
+    for segment in path.split("/"):
+        lower = segment.lower()
+        if "%2f" in lower or "%5c" in lower:
+            return "an encoded slash or backslash"
+        base = lower.partition(";")[0]
+        if base.replace("%2e", ".") in (".", "..") and (base != lower or "%" in base):
+            return "an encoded dot-segment or one with ';' parameters"
+    return None
 
 
 def split_target(target: str) -> tuple[str, str]:
