@@ -169,10 +169,46 @@ class UpstreamTarget:
 def split_upstream_url(url: str) -> UpstreamTarget:
     """Split an absolute URL for a request.
 
+    The origin part is parsed once per distinct scheme and authority (a
+    gateway talks to few), the rest is sliced.
+
     Raises:
         UpstreamProtocolError: not an ``http``/``https`` URL with a host, or a
             bad port.
     """
+    scheme, separator, rest = url.partition("://")
+    cut = len(rest)
+    for mark in ("/", "?"):
+        found = rest.find(mark, 0, cut)
+        if found >= 0:
+            cut = found
+    authority = rest[:cut]
+    if not separator or "#" in rest or "@" in authority:
+        return _split_slowly(url)
+    origin = _ORIGINS.get((scheme, authority))
+    if origin is None:
+        origin = _split_slowly(f"{scheme}://{authority}/")
+        if len(_ORIGINS) >= _MAX_ORIGINS:
+            _ORIGINS.clear()
+        _ORIGINS[(scheme, authority)] = origin
+    target = rest[cut:]
+    if not target.startswith("/"):
+        target = "/" + target
+    return UpstreamTarget(
+        scheme=origin.scheme,
+        host=origin.host,
+        port=origin.port,
+        target=target,
+        authority=origin.authority,
+    )
+
+
+#: Parsed origins by (scheme, authority) as written: a memo of a pure function.
+_ORIGINS: Final[dict[tuple[str, str], UpstreamTarget]] = {}
+_MAX_ORIGINS: Final = 1024
+
+
+def _split_slowly(url: str) -> UpstreamTarget:
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port

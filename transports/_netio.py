@@ -59,6 +59,15 @@ READ_SIZE: Final = 65536
 _HIGH_WATER: Final = 4 * READ_SIZE
 
 
+def _slack(seconds: float) -> float:
+    """How far a deadline may stay put when moved (1% of the timeout, at most 20 ms).
+
+    Moving it costs a timer (asyncio) or a deadline update (trio); moving it
+    by less than this, phase after phase, buys nothing.
+    """
+    return min(seconds * 0.01, 0.02)
+
+
 class Deadline:
     """One deadline for an outbound exchange, moved per phase; see the module docstring."""
 
@@ -102,17 +111,23 @@ class TrioDeadline(Deadline):
         return self.__exit__(exc_type, exc, traceback)
 
     def move(self, seconds: float | None) -> None:
-        self._scope.deadline = math.inf if seconds is None else trio.current_time() + seconds
+        if seconds is None:
+            self._scope.deadline = math.inf
+            return
+        deadline = trio.current_time() + seconds
+        if abs(deadline - self._scope.deadline) > _slack(seconds):
+            self._scope.deadline = deadline
 
 
 class AsyncioDeadline(Deadline):
     """An :func:`asyncio.timeout` used as a deadline: raises :class:`TimeoutError` on exit."""
 
-    __slots__ = ("_loop", "_timeout")
+    __slots__ = ("_at", "_loop", "_timeout")
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._timeout = asyncio.timeout(None)
+        self._at = math.inf
 
     async def __aenter__(self) -> AsyncioDeadline:
         await self._timeout.__aenter__()
@@ -127,7 +142,15 @@ class AsyncioDeadline(Deadline):
         await self._timeout.__aexit__(exc_type, exc, traceback)
 
     def move(self, seconds: float | None) -> None:
-        self._timeout.reschedule(None if seconds is None else self._loop.time() + seconds)
+        if seconds is None:
+            if self._at != math.inf:
+                self._at = math.inf
+                self._timeout.reschedule(None)
+            return
+        deadline = self._loop.time() + seconds
+        if abs(deadline - self._at) > _slack(seconds):
+            self._at = deadline
+            self._timeout.reschedule(deadline)
 
 
 # -- failures -------------------------------------------------------------------------------

@@ -492,13 +492,17 @@ class Outbound:
         phase = "connect"
         try:
             async with self._deadline() as deadline:
-                deadline.move(request.connect_timeout)
-                upstream = await self._acquire(request.target, holder)
+                upstream = await self._acquire(request, holder, deadline)
                 phase = "send"
                 deadline.move(request.read_timeout)
-                await self._write(upstream, request, body, deadline)
-                phase = "receive"
-                head = await self._read_head(upstream, request.read_timeout, deadline)
+                try:
+                    await self._write(upstream, request, body, deadline)
+                except _IO_ERRORS as exc:
+                    # The upstream may have answered early (413, say) and closed.
+                    head = await self._early_answer(upstream, request.read_timeout, deadline, exc)
+                else:
+                    phase = "receive"
+                    head = await self._read_head(upstream, request.read_timeout, deadline)
         except TimeoutError:
             self._drop(holder)
             detail = f"upstream {'connect' if phase == 'connect' else 'read'} timed out"
@@ -573,6 +577,21 @@ class Outbound:
         if tail:
             await stream.send(tail)
 
+    @classmethod
+    async def _early_answer(
+        cls,
+        upstream: _Upstream,
+        read_timeout: float,
+        deadline: TrioDeadline | AsyncioDeadline,
+        error: BaseException,
+    ) -> ResponseHead:
+        """After a failed write: the answer the upstream sent before closing, or ``error``."""
+        try:
+            return await cls._read_head(upstream, read_timeout, deadline)
+        except (UpstreamProtocolError, *_IO_ERRORS):
+            pass
+        raise error
+
     @staticmethod
     async def _read_head(
         upstream: _Upstream, read_timeout: float, deadline: TrioDeadline | AsyncioDeadline
@@ -599,12 +618,17 @@ class Outbound:
     def _deadline(self) -> TrioDeadline | AsyncioDeadline:
         return TrioDeadline() if self._is_trio() else AsyncioDeadline()
 
-    async def _acquire(self, target: UpstreamTarget, holder: list[_Upstream]) -> _Upstream:
-        """A connection to the origin: reused, waited for or opened, within the deadline."""
+    async def _acquire(
+        self, request: _Request, holder: list[_Upstream], deadline: TrioDeadline | AsyncioDeadline
+    ) -> _Upstream:
+        """A connection to the origin: reused, or waited for and opened by the connect timeout."""
+        target = request.target
         pool, origin = self._pool, target.origin
         while True:
             decision = pool.acquire(origin, time.monotonic())
             self._close_dropped()
+            if not isinstance(decision, Reuse):
+                deadline.move(request.connect_timeout)
             if isinstance(decision, Wait):
                 decision = await self._wait(decision.ticket)
             if isinstance(decision, Reuse):
@@ -859,9 +883,16 @@ class SyncOutbound:
             upstream = self._acquire(request.target, request.connect_timeout, holder)
             phase = "send"
             upstream.stream.set_timeout(request.read_timeout)
-            self._write(upstream, request, body)
-            phase = "receive"
-            head = self._read_head(upstream)
+            try:
+                self._write(upstream, request, body)
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                # The upstream may have answered early (413, say) and closed.
+                head = self._early_answer(upstream, exc)
+            else:
+                phase = "receive"
+                head = self._read_head(upstream)
         except TimeoutError:
             self._drop(holder)
             detail = f"upstream {'connect' if phase == 'connect' else 'read'} timed out"
@@ -905,6 +936,15 @@ class SyncOutbound:
         tail = client.end_request()
         if tail:
             stream.send(tail)
+
+    @classmethod
+    def _early_answer(cls, upstream: _SyncUpstream, error: BaseException) -> ResponseHead:
+        """After a failed write: the answer the upstream sent before closing, or ``error``."""
+        try:
+            return cls._read_head(upstream)
+        except (UpstreamProtocolError, OSError):
+            pass
+        raise error
 
     @staticmethod
     def _read_head(upstream: _SyncUpstream) -> ResponseHead:

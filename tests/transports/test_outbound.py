@@ -33,6 +33,7 @@ from transports._common import ClientBodyError
 from transports._outbound import (
     Outbound,
     OutboundError,
+    SyncOutbound,
     UpstreamBody,
     default_ssl_context,
     failure_reason,
@@ -581,3 +582,59 @@ def test_a_full_origin_waits_at_most_the_connect_timeout_and_others_go_on(
         run(backend, test)
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "blocking"])
+def test_an_early_answer_is_relayed_when_the_upstream_stops_reading(backend: str) -> None:
+    """A 413 sent before the body was read, then a close: the answer, not a write error."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        sock, _ = listener.accept()
+        with sock:
+            sock.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(65536)
+            sock.sendall(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n"
+                b"Connection: close\r\n\r\ntoo big!"
+            )
+            time.sleep(0.2)  # the answer is on its way; then close, body unread
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(256):  # 16 MiB: more than the socket buffers hold
+            yield b"x" * CHUNK
+
+    async def test() -> None:
+        async with make_outbound() as outbound:
+            action = forward(f"http://127.0.0.1:{port}/upload", "POST")
+            result = await outbound.forward(action, body(), content_length=256 * CHUNK)
+            assert not isinstance(result, ActionFailed), result
+            head, stream = result
+            assert head.status == 413
+            assert await read_all(stream) == b"too big!"
+
+    def blocking() -> None:
+        with SyncOutbound(ssl_context=shared_ssl_context()) as outbound:
+            action = forward(f"http://127.0.0.1:{port}/upload", "POST")
+            chunks = (b"x" * CHUNK for _ in range(256))
+            result = outbound.forward(action, chunks, content_length=256 * CHUNK)
+            assert not isinstance(result, ActionFailed), result
+            head, stream = result
+            assert head.status == 413
+            assert b"".join(stream) == b"too big!"
+            stream.close()
+
+    try:
+        if backend == "blocking":
+            blocking()
+        else:
+            run(backend, test)
+    finally:
+        thread.join(5)
+        listener.close()
