@@ -1,7 +1,7 @@
 """sapg benchmarks for issue 8, each figure against its baseline measured in the same run.
 
-    python benchmarks/run.py                       # everything (about 17 minutes)
-    python benchmarks/run.py --quick               # a smoke test (about 3 minutes)
+    python benchmarks/run.py                       # everything (about 16 minutes)
+    python benchmarks/run.py --quick               # a smoke test (about 100 s)
     python benchmarks/run.py --only static,proxy   # some parts (inprocess, static, proxy, latency)
     nox -s bench -- --quick                        # the same through nox (installs wrk, nginx, ...)
 
