@@ -214,7 +214,7 @@ def inprocess_part(args: argparse.Namespace) -> dict[str, Any]:
         cmd.append("--quick")
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"inprocess.py failed:\n{done.stderr}")
+        raise RuntimeError(f"inprocess.py failed:\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
@@ -247,9 +247,14 @@ def _figure(
     }
 
 
+def _div(a: float, b: float) -> float:
+    """a / b, NaN when b is 0 (a server that answered nothing): the figure reads MISSED."""
+    return a / b if b else float("nan")
+
+
 def _ratio_per_round(runs: dict[str, list[dict[str, float]]], a: str, b: str) -> list[float]:
     pairs = zip(runs[a], runs[b], strict=True)
-    return [x["requests_per_second"] / y["requests_per_second"] for x, y in pairs]
+    return [_div(x["requests_per_second"], y["requests_per_second"]) for x, y in pairs]
 
 
 def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -298,8 +303,8 @@ def _static_figures(part: dict[str, Any]) -> list[dict[str, Any]]:
         if case == "trio_hs256":
             key = "hs256_vs_static"
         a, b = m[case], m[base]
-        ratio = a["requests_per_second"] / b["requests_per_second"]
-        by_cpu = b["server_cpu_us_per_request"] / a["server_cpu_us_per_request"]
+        ratio = _div(a["requests_per_second"], b["requests_per_second"])
+        by_cpu = _div(b["server_cpu_us_per_request"], a["server_cpu_us_per_request"])
         measured = (
             f"{ratio:.2f}x ({a['requests_per_second']:,.0f} vs {b['requests_per_second']:,.0f}"
             f" req/s; by CPU/req {by_cpu:.2f}x: {a['server_cpu_us_per_request']:.0f} vs "
@@ -347,8 +352,8 @@ def _proxy_figures(part: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(
             _figure(
                 label,
-                cpu / bare_cpu,
-                f"{cpu / bare_cpu:.2f}x ({cpu:.0f} vs {bare_cpu:.0f} us; "
+                _div(cpu, bare_cpu),
+                f"{_div(cpu, bare_cpu):.2f}x ({cpu:.0f} vs {bare_cpu:.0f} us; "
                 f"{m[case]['requests_per_second']:,.0f} req/s)",
                 key,
                 case=case,
@@ -359,7 +364,7 @@ def _proxy_figures(part: dict[str, Any]) -> list[dict[str, Any]]:
         httpx_cpu, nginx_cpu, sapg_cpu = (m[a]["server_cpu_us_per_request"] for a in anchors)
         httpx_rps, nginx_rps, sapg_rps = (m[a]["requests_per_second"] for a in anchors)
         # 0: as costly as the httpx proxy, 1: as cheap as nginx
-        position = (httpx_cpu - sapg_cpu) / (httpx_cpu - nginx_cpu) if httpx_cpu != nginx_cpu else 0
+        position = _div(httpx_cpu - sapg_cpu, httpx_cpu - nginx_cpu)
         out.append(
             _figure(
                 "sapg (trio) between the anchors, by CPU/req (0 = httpx proxy, 1 = nginx)",
@@ -657,7 +662,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     for part in args.parts:
         print(f"== {part}", file=sys.stderr)
-        results[part] = steps[part](args)
+        try:
+            results[part] = steps[part](args)
+        except Exception as error:  # one broken part must not lose the others' numbers
+            import traceback
+
+            traceback.print_exc()
+            results.setdefault("errors", {})[part] = f"{type(error).__name__}: {error}"
+            continue
         partial = {**results, "figures": figures(results)}
         (OUT / "results-partial.json").write_text(json.dumps(harness.jsonable(partial), indent=2))
     if args.profile:
@@ -674,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results["figures"])
     for note in results["warnings"]:
         print(f"WARNING: {note}")
+    for part, error in results.get("errors", {}).items():
+        print(f"FAILED: part {part!r}: {error.splitlines()[0]} (traceback on stderr)")
     print(
         f"\nraw results: {(OUT / 'results.json').relative_to(ROOT)}; load average "
         f"{meta['loadavg_start'][0]:.2f} -> {meta['loadavg_end'][0]:.2f}; "
@@ -681,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.no_chart:
         _chart(results)
-    return 0
+    return 1 if results.get("errors") else 0
 
 
 def _merge(path: Path, new: dict[str, Any]) -> dict[str, Any]:
@@ -691,6 +705,15 @@ def _merge(path: Path, new: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError):
         return new
     merged = {**old, **{key: value for key, value in new.items() if key != "meta"}}
+    errors = {
+        part: error
+        for part, error in old.get("errors", {}).items()
+        if part not in new and part not in new.get("errors", {})
+    }
+    errors.update(new.get("errors", {}))
+    merged.pop("errors", None)
+    if errors:
+        merged["errors"] = errors
     reruns = old.get("meta", {}).get("reruns", [])
     merged["meta"] = {**old.get("meta", {}), "reruns": [*reruns, new["meta"]]}
     return merged
