@@ -65,6 +65,8 @@ TARGETS: dict[str, tuple[str, float]] = {
 }
 #: An in-process case whose median round is this much slower than its best was disturbed.
 NOISY_SPREAD = 1.15
+#: A 1-minute load average above this at the start: the machine was not idle.
+BUSY_START = 0.5
 
 
 # -- configs -----------------------------------------------------------------------------
@@ -681,6 +683,12 @@ def main(argv: list[str] | None = None) -> int:
         results = _merge(OUT / "results.json", results)
     results["figures"] = figures(results)
     results["warnings"] = _warnings(results)
+    if meta["loadavg_start"][0] > BUSY_START:
+        results["warnings"].insert(
+            0,
+            f"the 1-minute load average was {meta['loadavg_start'][0]:.2f} at the start: "
+            "something else was running; for results, start on an idle machine",
+        )
     (OUT / "results.json").write_text(json.dumps(harness.jsonable(results), indent=2))
     (OUT / "table.md").write_text(markdown_table(results["figures"]))
     print_table(results["figures"])
