@@ -11,7 +11,9 @@ stopped reading.
 
 h11 is looser than llhttp in a few places that matter for request
 smuggling: it unfolds obs-fold lines, takes a bare LF as a line end and
-lets control characters other than NUL and CR through in header values.
+lets control characters other than NUL and CR through in header values,
+folds repeated equal ``Content-Length`` fields into one and takes any
+visible characters as a request-target.
 The bytes of each head are therefore kept until h11 has parsed it and then
 searched once for those shapes; a head that has any is refused 400, as
 llhttp refuses it.
@@ -35,6 +37,11 @@ _HEAD_END: Final = re.compile(rb"\n\r?\n")
 #: What llhttp refuses in a head and h11 takes: a bare LF, an obs-fold line
 #: (a line starting with SP or HTAB), a control character but HTAB, CR and LF.
 _LOOSE: Final = re.compile(rb"(?<!\r)\n|\n[ \t]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: A Content-Length field; h11 folds repeated equal ones (and ``3, 3``) into one, llhttp refuses.
+#: A request-target as llhttp takes it (but for CONNECT): origin-form, ``*``, or
+#: absolute-form with a letters-only scheme and an authority of its characters.
+_TARGET: Final = re.compile(rb"[/*]|[A-Za-z]+://[-A-Za-z0-9_.!~*'()%;:&=+$,\[\]@]*(?:[/?#]|\Z)")
+_LENGTH_FIELD: Final = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE)
 
 
 class H11Parser:
@@ -90,9 +97,17 @@ class H11Parser:
         self._head_raw = []
         self._in_head = False
         end = _HEAD_END.search(raw)
-        if _LOOSE.search(raw, 0, end.end() if end is not None else len(raw)) is not None:
+        stop = end.end() if end is not None else len(raw)
+        if _LOOSE.search(raw, 0, stop) is not None:
             self._dead = True
             return RawFailure(400, "bare LF, obs-fold or a control character in the head")
+        if request.method != b"CONNECT" and _TARGET.match(request.target) is None:
+            self._dead = True
+            return RawFailure(400, "malformed request-target")
+        lengths = _LENGTH_FIELD.findall(raw, 0, stop)
+        if len(lengths) > 1 or (lengths and b"," in lengths[0]):
+            self._dead = True
+            return RawFailure(400, "more than one Content-Length")
         return RawHead(
             bytes(request.method),
             bytes(request.target),

@@ -222,23 +222,16 @@ _BODY_END: Final = BodyEnd()
 _CLOSED: Final = ConnectionClosed()
 
 
-def _codings(value: bytes) -> list[bytes]:
-    """The transfer codings of one field value, as h11 reads them: lower-cased, empties dropped."""
-    return [coding.strip().lower() for coding in value.split(b",") if coding.strip()]
-
-
 def _declared_length(
-    http10: bool, length: bytes | None, lengths: int, codings: list[bytes] | None
+    http10: bool, length: bytes | None, lengths: int, chunked: bool
 ) -> tuple[int | None, int, str]:
-    """The request body's framing (RFC 9112 §6.3), strictly.
+    """The request body's framing (RFC 9112 §6.1, §6.3), beyond what h11 checks.
 
     Returns:
         (content length, or ``None`` for chunked; 0 or the status to refuse
         the request with; why).
     """
-    if codings is not None:
-        if codings != [b"chunked"]:
-            return None, 501, "only Transfer-Encoding: chunked is supported"
+    if chunked:
         if http10:
             return None, 400, "Transfer-Encoding in an HTTP/1.0 request"
         if length is not None:
@@ -248,35 +241,45 @@ def _declared_length(
         return 0, 0, ""
     if lengths > 1:
         return 0, 400, "more than one Content-Length"
-    if not length.isdigit() or int(length) > _MAX_CONTENT_LENGTH:
+    if int(length) > _MAX_CONTENT_LENGTH:
         return 0, 400, "bad Content-Length"
     return int(length), 0, ""
 
 
 def _scan(
     headers: list[tuple[bytes, bytes]],
-) -> tuple[list[tuple[str, str]], int, bytes | None, int, list[bytes] | None, bool, bool, int]:
+) -> tuple[list[tuple[str, str]], int, bytes | None, int, bool, bool, bool, int, int]:
     """One pass over a request's headers.
+
+    The framing fields are checked in arrival order, as h11 checks them, so
+    that the first bad one decides between 400 and 501 on both backends: a
+    ``Content-Length`` not all digits, or unlike an earlier one, is 400; a
+    second ``Transfer-Encoding`` field or one other than ``chunked`` is 501.
 
     Returns:
         The str form for the core, the fields' size, the last
-        Content-Length value and how many there were, the transfer codings,
-        whether the client asked to close, whether it expects 100 Continue,
-        and how many Host fields there were.
+        Content-Length value and how many there were, whether the body is
+        chunked, whether the client asked to close, whether it expects 100
+        Continue, how many Host fields there were, and 0 or the status of
+        the first bad framing field.
     """
     length: bytes | None = None
-    codings: list[bytes] | None = None
-    lengths = hosts = size = 0
-    close = expect = False
+    lengths = hosts = size = bad = 0
+    chunked = close = expect = False
     decoded = []
     for name, value in headers:
         size += len(name) + len(value) + 4
         if name in _SPECIAL:
             if name == b"content-length":
+                if not value.isdigit() or (length is not None and value != length):
+                    bad = bad or 400
                 length = value
                 lengths += 1
             elif name == b"transfer-encoding":
-                codings = (codings or []) + _codings(value)
+                value = value.lower()  # as h11 gives it
+                if chunked or value != b"chunked":
+                    bad = bad or 501
+                chunked = True
             elif name == b"connection":
                 close = close or _has_close(value)
             elif name == b"host":
@@ -284,7 +287,7 @@ def _scan(
             else:
                 expect = value.lower() == b"100-continue"
         decoded.append((name.decode("latin-1"), value.decode("latin-1")))
-    return decoded, size, length, lengths, codings, close, expect, hosts
+    return decoded, size, length, lengths, chunked, close, expect, hosts, bad
 
 
 def _caller_headers(
@@ -424,21 +427,22 @@ class ServerConnection:
         return BodyChunk(data=data) if self._resp != _SENT else None  # else: draining
 
     def _on_head(self, head: RawHead) -> HTTPEvent:
+        # h11's checks first, in h11's order (the status of a head with two
+        # faults is h11's on both backends), then the rules we add.
+        decoded, size, length, lengths, chunked, close, expect, hosts, bad = _scan(head.headers)
+        if bad:
+            return self._fail(bad, "bad Content-Length or Transfer-Encoding")
         version = head.version
-        if version == "1.1":
-            http10 = False
-        elif version == "1.0":
-            http10 = True
-        else:
+        http10 = version == "1.0"
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            return self._fail(400, "a request needs exactly one Host")
+        if not http10 and version != "1.1":
             return self._fail(400, f"HTTP/{version} is not served")
         method = head.method
         if method not in _METHODS:
             return self._fail(400, "unknown method")
-        decoded, size, length, lengths, codings, close, expect, hosts = _scan(head.headers)
         size += len(method) + len(head.target) + 12
-        if hosts > 1 or (hosts == 0 and not http10):
-            return self._fail(400, "a request needs exactly one Host")
-        content_length, status, detail = _declared_length(http10, length, lengths, codings)
+        content_length, status, detail = _declared_length(http10, length, lengths, chunked)
         # The parsers bound only an *incomplete* head; one that arrives whole is measured here.
         limits = self.limits
         if not status and limits.max_header_bytes and size > limits.max_header_bytes:

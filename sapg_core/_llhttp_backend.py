@@ -44,6 +44,8 @@ __all__ = ["LLHTTPParser"]
 _UNLIMITED: Final = sys.maxsize
 _CRLFCRLF: Final = b"\r\n\r\n"
 _CONNECTION_CLOSE_REASON: Final = "Data after `Connection: close`"
+#: Refused by llhttp just after on_headers_complete, so the head was already queued.
+_INVALID_TE_REASON: Final = "Request has invalid `Transfer-Encoding`"
 
 
 class _Refused(Exception):
@@ -53,6 +55,26 @@ class _Refused(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+
+
+def _skip_chunked(data: bytes, pos: int) -> int | None:
+    """The end of a chunked body (already validated by llhttp) that starts at ``pos``."""
+    while True:
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        size = int(data[pos:eol].split(b";", 1)[0], 16)
+        pos = eol + 2
+        if size == 0:
+            break
+        pos += size + 2
+    while True:  # the trailer section, up to its empty line
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        if eol == pos:
+            return pos + 2
+        pos = eol + 2
 
 
 class LLHTTPParser:
@@ -79,9 +101,12 @@ class LLHTTPParser:
         self._body_start = 0  # where in _data the current body began
         self._body_now = 0  # body bytes of the current message in this read
         self._exact = True  # whether _cursor is exact (not after a chunked body)
+        self._head_here = False  # the current message's head ended in this read
+        self._chunked_from = -1  # the last body was chunked and began here, at this offset
         self._chunked = False  # the current message's body is chunked
         self._last_chunked = False  # the last complete message's body was chunked
         self._upgrade_body: bytes | None = None
+        self._head_bytes = (b"", 0)  # where the last head is: (bytes, offset), no copy
         self._priming = False
         self._classify: h11.Connection | None = None
         self._eof = False
@@ -120,6 +145,7 @@ class LLHTTPParser:
         self._began_here = self._completed_here = False
         self._cursor = self._body_start = self._body_now = 0
         self._exact = True
+        self._head_here = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -192,12 +218,15 @@ class LLHTTPParser:
             held = len(data) - len(self._data)
             self._held = []
         self._partial = 0
-        start = data.find(b"%b %b HTTP/" % (method, url), self._cursor)
+        cursor = self._cursor if self._exact else self._where_next(guess=False)
+        start = data.find(b"%b %b HTTP/" % (method, url), cursor)
         # Where the request line must begin, when that is known exactly: h11
         # refuses the empty lines that llhttp skips before a request line.
-        if start < 0 or (start != self._cursor and self._began_here and self._exact):
+        if start < 0 or (start != cursor and self._began_here and self._exact):
             raise _Refused(400, "malformed request line")
         self._body_start = max(data.find(_CRLFCRLF, start) + 4 - held, 0)
+        self._head_here = True
+        self._head_bytes = (data, start)
         headers = self._headers
         self._chunked = False
         if parser.should_upgrade():
@@ -223,6 +252,8 @@ class LLHTTPParser:
         self._last_chunked = self._chunked
         if self._chunked:
             self._exact = False
+            self._chunked_from = self._body_start if self._head_here else -1
+        self._head_here = False
 
     # -- the rare paths --------------------------------------------------------
 
@@ -251,6 +282,31 @@ class LLHTTPParser:
         if rest:
             self.feed(rest)
 
+    def _where_next(self, *, guess: bool = True) -> int:
+        """Where the message after the last complete one begins in this read.
+
+        After a body framed by length that is known; after a chunked body
+        that began in this read, the chunks are skipped again here (llhttp
+        does not say where it ended); else it is a lower bound, or with
+        ``guess`` a best guess.
+        """
+        if not self._exact and self._chunked_from >= 0:
+            end = _skip_chunked(self._data, self._chunked_from)
+            if end is not None:
+                self._cursor, self._exact = end, True
+            self._chunked_from = -1
+        if not self._exact and guess:
+            # The chunked body began in an earlier read: its end is most
+            # likely the first empty line from here (a best guess, used only
+            # to find where a refused head began).
+            data = self._data
+            end = data.find(_CRLFCRLF, max(self._cursor - 3, 0))
+            if end >= 0:
+                self._cursor = end + 4
+            else:  # the read began inside that empty line
+                self._cursor += len(data) - self._cursor - len(data[self._cursor :].lstrip(b"\r\n"))
+        return self._cursor
+
     def _measure(self, data: bytes) -> None:
         """Count the bytes of a head still incomplete at the end of a read; 431 past the limit."""
         if not self._began_here:
@@ -262,7 +318,7 @@ class LLHTTPParser:
                 # Where the last message ended: after its body when it was
                 # framed by length; else after the last CRLFCRLF (a head
                 # still incomplete has none).
-                if not self._last_chunked:
+                if not self._last_chunked or (self._where_next() >= 0 and self._exact):
                     start = self._cursor
                 else:
                     start = data.rfind(_CRLFCRLF) + 4 if _CRLFCRLF in data else 0
@@ -273,16 +329,20 @@ class LLHTTPParser:
 
     def _refuse(self, data: bytes, reason: str) -> None:
         """llhttp refused: in a body that is 400; in a head, h11's verdict on the same bytes."""
-        if self._in_body or reason == _CONNECTION_CLOSE_REASON:
+        events = self._events
+        if reason == _INVALID_TE_REASON and events and type(events[-1]) is RawHead:
+            events.pop()  # h11 refuses this head before giving it: so do we
+            head_data, start = self._head_bytes
+            head = head_data[start:]
+        elif self._in_body or reason == _CONNECTION_CLOSE_REASON:
             self._fail(400, reason)
             return
-        if self._began_here:
-            start = self._cursor if self._completed_here else 0
-            head = data[start:]
+        elif self._began_here:
+            head = data[self._where_next() if self._completed_here else 0 :]
         else:
             head = b"".join(self._held) + data
         self._held = []
-        self._in_head = False
+        self._in_head = self._in_body = False
         self._classify = h11.Connection(
             h11.SERVER, max_incomplete_event_size=self._max or _UNLIMITED
         )
