@@ -38,7 +38,7 @@ def bench(session: nox.Session) -> None:
     """Issue 8's figures against same-run baselines; draws docs/benchmarks.png.
 
     wrk and nginx come from apt (``apt-get update`` once, then install) when
-    either is missing; that needs root. uvloop and httpx (the Python anchor
+    either is missing (as root, else through sudo). uvloop and httpx (the Python anchor
     proxy), matplotlib and py-spy are installed here only: they are not sapg
     dependencies. ``nox -s bench -- --quick`` is a smoke test; ``--only
     static,proxy`` runs some parts (see benchmarks/run.py and docs/benchmarks.md).
@@ -50,9 +50,11 @@ def bench(session: nox.Session) -> None:
         "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
     )
     if shutil.which("wrk") is None or nginx is None:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
         env = {"DEBIAN_FRONTEND": "noninteractive"}
-        session.run("apt-get", "update", "-q", external=True, env=env)
-        session.run("apt-get", "install", "-y", "-q", "wrk", "nginx", external=True, env=env)
+        session.run(*sudo, "apt-get", "update", "-q", external=True, env=env)
+        apt = [*sudo, "apt-get", "install", "-y", "-q", "wrk", "nginx"]
+        session.run(*apt, external=True, env=env)
     # [asgi]: uvicorn + httptools for the ASGI driver and the anchors
     session.install("-e", ".[asgi]", "matplotlib", "uvloop", "httpx", "py-spy")
     session.run("python", "benchmarks/run.py", *session.posargs)
