@@ -200,11 +200,13 @@ def describe(exc: BaseException) -> str:
 
 
 def _readable(fileno: int) -> bool:
+    """Whether a socket has bytes, EOF or an error to report (``poll``: any descriptor number)."""
+    poller = select.poll()
     try:
-        readable, _, _ = select.select([fileno], [], [], 0)
-    except (OSError, ValueError):
+        poller.register(fileno, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed under us
         return True
-    return bool(readable)
 
 
 # -- trio ----------------------------------------------------------------------------------
