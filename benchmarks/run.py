@@ -676,7 +676,10 @@ def main(argv: list[str] | None = None) -> int:
         (OUT / "results-partial.json").write_text(json.dumps(harness.jsonable(partial), indent=2))
     if args.profile:
         print("== profile", file=sys.stderr)
-        results["profiles"] = profile_part(args)
+        try:
+            results["profiles"] = profile_part(args)
+        except Exception as error:  # a profile is an extra: keep the figures
+            results.setdefault("errors", {})["profile"] = f"{type(error).__name__}: {error}"
     meta["loadavg_end"] = os.getloadavg()
     meta["elapsed_s"] = round(time.time() - started, 1)
     if args.merge:
