@@ -37,6 +37,7 @@ from ._client import (
     ResponsePending as ResponsePending,
     UpstreamProtocolError as UpstreamProtocolError,
     UpstreamTarget as UpstreamTarget,
+    check_request as check_request,
     split_upstream_url as split_upstream_url,
 )
 from ._config import (
@@ -156,5 +157,8 @@ from ._trace import (
     rerun as rerun,
 )
 from ._url import BadTarget as BadTarget, split_target as split_target
+
+from ._config import ParsedConfig as ParsedConfig
+from ._errors import mask_url as mask_url
 
 __all__ = [name for name in dir() if not name.startswith("_")]

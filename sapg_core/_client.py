@@ -57,6 +57,7 @@ __all__ = [
     "ResponsePending",
     "UpstreamProtocolError",
     "UpstreamTarget",
+    "check_request",
     "split_upstream_url",
 ]
 
@@ -228,6 +229,18 @@ def _split_slowly(url: str) -> UpstreamTarget:
     return UpstreamTarget(scheme=scheme, host=host, port=port, target=target, authority=authority)
 
 
+def check_request(method: str, target: str, headers: Headers) -> None:
+    """Refuse what would break a request on the wire (see :meth:`ClientConnection.start_request`).
+
+    Raises:
+        UpstreamProtocolError: a malformed method or target, a header name
+            that is not a token, or CR, LF or NUL in a value.
+    """
+    if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
+        raise UpstreamProtocolError("refusing to send a malformed method or target")
+    _check_headers(headers)
+
+
 def _check_headers(headers: Headers) -> None:
     names = "".join(name for name, _ in headers)
     if not all(name for name, _ in headers) or (names and not _TOKEN.fullmatch(names)):
@@ -353,6 +366,7 @@ class ClientConnection:
         *,
         authority: str,
         content_length: int | None,
+        checked: bool = False,
     ) -> bytes:
         """Render the request head.
 
@@ -360,6 +374,7 @@ class ClientConnection:
         ``Content-Length`` or ``Transfer-Encoding`` in ``headers`` is replaced
         by the framing given: ``content_length`` bytes, or chunked for None.
         A body-less method with no body gets no framing header at all.
+        ``checked``: :func:`check_request` passed already for these.
 
         Raises:
             UpstreamProtocolError: the connection cannot take a request now,
@@ -367,9 +382,8 @@ class ClientConnection:
         """
         if self._state not in (_IDLE, _DONE) or self._dead:
             raise UpstreamProtocolError("the connection cannot carry another request")
-        if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
-            raise UpstreamProtocolError("refusing to send a malformed method or target")
-        _check_headers(headers)
+        if not checked:
+            check_request(method, target, headers)
         lines = [f"{method} {target} HTTP/1.1\r\n"]
         has_host = False
         close = False

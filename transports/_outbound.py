@@ -63,6 +63,7 @@ from sapg_core import (
     UpstreamResponded,
     UpstreamTarget,
     Wait,
+    check_request,
     may_retry,
     split_upstream_url,
 )
@@ -208,6 +209,7 @@ class _Request:
             self.headers,
             authority=self.target.authority,
             content_length=self.content_length,
+            checked=True,
         )
 
 
@@ -220,10 +222,9 @@ def _forward_request(
     if limit and content_length is not None and content_length > limit:
         detail = f"declared body of {content_length} bytes is over {limit}"
         return _failed(action.request_id, FailureReason.BODY_TOO_LARGE, detail)
-    try:
-        target = split_upstream_url(action.url)
-    except UpstreamProtocolError as exc:
-        return _failed(action.request_id, FailureReason.CONNECT, exc.detail)
+    target = _target(action.request_id, action.method, action.url, action.headers)
+    if isinstance(target, ActionFailed):
+        return target
     return _Request(
         request_id=action.request_id,
         method=action.method,
@@ -236,11 +237,25 @@ def _forward_request(
     )
 
 
-def _send_request(action: SendHTTP) -> _Request | ActionFailed:
+def _target(
+    request_id: int, method: str, url: str, headers: tuple[tuple[str, str], ...]
+) -> UpstreamTarget | ActionFailed:
+    """Where the request goes, once it is known to render (nothing is sent otherwise)."""
     try:
-        target = split_upstream_url(action.url)
+        target = split_upstream_url(url)
     except UpstreamProtocolError as exc:
-        return _failed(action.request_id, FailureReason.CONNECT, exc.detail)
+        return _failed(request_id, FailureReason.CONNECT, exc.detail)
+    try:
+        check_request(method, target.target, headers)
+    except UpstreamProtocolError as exc:
+        return _failed(request_id, FailureReason.RESET, exc.detail)
+    return target
+
+
+def _send_request(action: SendHTTP) -> _Request | ActionFailed:
+    target = _target(action.request_id, action.method, action.url, action.headers)
+    if isinstance(target, ActionFailed):
+        return target
     return _Request(
         request_id=action.request_id,
         method=action.method,

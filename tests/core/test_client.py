@@ -18,6 +18,7 @@ from sapg_core import (
     ResponseHead,
     ResponsePending,
     UpstreamProtocolError,
+    check_request,
     split_upstream_url,
 )
 
@@ -144,6 +145,20 @@ def test_rendering_refuses_what_could_split_a_request(headers: tuple[tuple[str, 
 def test_rendering_refuses_a_malformed_method_or_target(method: str, target: str) -> None:
     with pytest.raises(UpstreamProtocolError):
         ClientConnection().start_request(method, target, (), authority="h", content_length=0)
+
+
+def test_check_request_is_the_rendering_check() -> None:
+    check_request("GET", "/a?b", (("x", "1"),))
+    for method, target, headers in [
+        ("GET", "/", (("x", "a\rb"),)),
+        ("GET", "/ x", ()),
+        ("G@T", "/", ()),
+    ]:
+        with pytest.raises(UpstreamProtocolError):
+            check_request(method, target, headers)
+    conn = ClientConnection()
+    head = conn.start_request("GET", "/", (), authority="h", content_length=0, checked=True)
+    assert head == b"GET / HTTP/1.1\r\nhost: h\r\n\r\n"
 
 
 def test_the_declared_request_length_is_held() -> None:

@@ -638,3 +638,32 @@ def test_an_early_answer_is_relayed_when_the_upstream_stops_reading(backend: str
     finally:
         thread.join(5)
         listener.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_header_that_would_split_the_request_is_never_sent(
+    backend: str, upstream: Upstream
+) -> None:
+    async def test() -> None:
+        async with make_outbound() as outbound:
+            action = ForwardUpstream(
+                request_id=4,
+                method="GET",
+                url=upstream.url("/echo"),
+                headers=(("x-a", "1\r\nset-cookie: injected=1"),),
+                body_limit=0,
+                connect_timeout=5,
+                read_timeout=5,
+            )
+            result = await outbound.forward(action, no_body(), content_length=0)
+            assert isinstance(result, ActionFailed)
+            assert (result.request_id, result.reason) == (4, FailureReason.RESET)
+            sent = await outbound.send(
+                SendHTTP(
+                    request_id=5, method="GET", url=upstream.url("/echo"), headers=(("x\n", "1"),)
+                )
+            )
+            assert isinstance(sent, ActionFailed) and sent.reason is FailureReason.RESET
+        assert upstream.connections == 0
+
+    run(backend, test)
