@@ -158,7 +158,4 @@ from ._trace import (
 )
 from ._url import BadTarget as BadTarget, split_target as split_target
 
-from ._config import ParsedConfig as ParsedConfig
-from ._errors import mask_url as mask_url
-
 __all__ = [name for name in dir() if not name.startswith("_")]
