@@ -44,6 +44,7 @@ from ._config import (
     CompileResult as CompileResult,
     ConfigError as ConfigError,
     ConfigSyntaxError as ConfigSyntaxError,
+    ParsedConfig as ParsedConfig,
     compile_config as compile_config,
     json_pointer as json_pointer,
     normalise as normalise,
@@ -60,6 +61,7 @@ from ._errors import (
     InternalError as InternalError,
     NoRouteMatched as NoRouteMatched,
     UpstreamError as UpstreamError,
+    mask_url as mask_url,
 )
 from ._events import (
     ActionFailed as ActionFailed,

@@ -17,18 +17,39 @@ that cannot be used at all (not an object, ``paths`` not an array) raises
 original's JavaScript would read it, and reported. Where the original fails open (``auth``
 without an authorizer, an alias that names nothing) the route gets a ``defect``: it answers
 500 at run time and the diagnostic is an ERROR (DESIGN.md, "Fail closed").
+
+Configs that could silently open a route are reported too (issue 9):
+
+- An unknown key anywhere is named by its own pointer, with a "did you mean" suggestion.
+  Where the original's schema forbids extra keys it is a schema ERROR, as before; where the
+  schema allows them (routes, ``integration``, ``pre_process``, ``post_process``) it is a
+  WARNING, and an ERROR under ``strict`` (a misspelt ``"auht": true`` serves the route
+  without authentication).
+- An authorizer field given as a placeholder that resolves to ``""`` (a variable unset or
+  empty) turns a check off with no word: a WARNING naming the field and the variable, an
+  ERROR under ``strict``.
+- Two routes with the same method and path, and a key repeated in one JSON object of the
+  text (:func:`parse_config_text` notes them on the :class:`ParsedConfig` it returns), are
+  WARNINGs.
+
+Messages never echo a value under a secret-bearing key (``secret``, ``password``,
+``token``, ``*_key``...) or one that came from ``$secrets.``/``$secret.``, and credentials
+in URLs are masked (:func:`sapg_core._errors.mask_credentials`).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, TypeVar, cast
 
 import attrs
 from jsonschema import Draft202012Validator, FormatChecker
 
+from ._errors import mask_credentials
 from ._json import JSONValue, dumps, js_string, loads
 from ._model import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -55,6 +76,7 @@ __all__ = [
     "CompileResult",
     "ConfigError",
     "ConfigSyntaxError",
+    "ParsedConfig",
     "compile_config",
     "json_pointer",
     "normalise",
@@ -111,8 +133,72 @@ class CompileResult:
 # --------------------------------------------------------------------------- parsing
 
 
+class ParsedConfig(dict[str, object]):
+    """A config object as :func:`parse_config_text` parsed it: a plain ``dict`` to every
+    reader, plus what only the text could tell (:attr:`findings`: keys repeated in one
+    object). :func:`compile_config` adds the findings to its diagnostics."""
+
+    findings: tuple[Diagnostic, ...] = ()
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _decode_noting_repeats(text: str) -> object:
+    """``JSON.parse``, also noting every object whose text repeats a key.
+
+    The last value wins and keeps the first key's place, as in ``JSON.parse``.
+    """
+    repeats: dict[int, list[str]] = {}
+
+    def make_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        made = dict(pairs)
+        if len(made) != len(pairs):
+            seen: set[str] = set()
+            names: list[str] = []
+            for name, _ in pairs:
+                if name in seen and name not in names:
+                    names.append(name)
+                seen.add(name)
+            repeats[id(made)] = names
+        return made
+
+    decoder = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=make_object)
+    value: object = decoder.decode(text)
+    if not isinstance(value, dict):
+        return value
+    parsed = ParsedConfig(value)
+    if repeats:
+        parsed.findings = tuple(_repeated_keys(value, repeats))
+    return parsed
+
+
+def _repeated_keys(root: dict[str, object], repeats: Mapping[int, list[str]]) -> list[Diagnostic]:
+    found: list[Diagnostic] = []
+    pending: list[tuple[Path, object]] = [((), root)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, dict):
+            for name in repeats.get(id(value), ()):
+                found.append(
+                    _warning(
+                        (*path, name),
+                        "this key is repeated in its object: only the last value counts",
+                    )
+                )
+            pending.extend(((*path, key), item) for key, item in value.items())
+        elif isinstance(value, list):
+            pending.extend(((*path, index), item) for index, item in enumerate(value))
+    return _sorted(found)
+
+
 def parse_config_text(text: str | bytes, *, source: str) -> object:
     """Parse config JSON; bytes are UTF-8 (a BOM is allowed).
+
+    Returns:
+        The JSON value; an object comes back as a :class:`ParsedConfig` (a ``dict``) that
+        notes the keys its text repeated.
 
     Raises:
         ConfigSyntaxError: naming ``source``, the line and the column.
@@ -127,7 +213,7 @@ def parse_config_text(text: str | bytes, *, source: str) -> object:
                 source=source, line=line, column=column, detail=f"invalid UTF-8 ({exc.reason})"
             ) from None
     try:
-        return loads(text)
+        return _decode_noting_repeats(text)
     except json.JSONDecodeError as exc:
         detail, line, column = exc.msg, exc.lineno, exc.colno
     except RecursionError:
@@ -293,21 +379,69 @@ _VALIDATOR: Final = Draft202012Validator(SCHEMA, format_checker=FORMAT_CHECKER)
 Finding = tuple[Path, str]
 
 
-def validate(raw: object) -> list[Diagnostic]:
+def validate(raw: object, *, secret_paths: Iterable[Path] = ()) -> list[Diagnostic]:
     """Check ``raw`` against the schema; one ERROR diagnostic per problem, sorted.
 
     Errors under a ``oneOf``/``anyOf`` are reported from the branch the value was meant
-    for (the authorizer's ``type`` picks one), not as "not valid under any of ...".
+    for (the authorizer's ``type`` picks one), not as "not valid under any of ...". A key
+    the schema does not allow is reported at its own pointer, with the closest allowed
+    key. A value under a secret-bearing key, or at (or under) one of ``secret_paths`` (the
+    values that came from ``$secrets.``), is never quoted.
     """
+    secrets = frozenset(secret_paths)
     found = [
         _error(path, message)
         for error in _VALIDATOR.iter_errors(raw)
-        for path, message in _explain(error)
+        for path, message in _explain(error, secrets)
     ]
     return _sorted(found)
 
 
-def _explain(error: object) -> list[Finding]:
+# Keys whose values are secrets (compared lower-cased, "-" read as "_").
+_SECRET_WORDS: Final = ("secret", "password", "passwd", "token", "credential", "private")
+_SECRET_NAMES: Final = frozenset({"authorization", "cookie", "apikey", "key"})
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether values under the key ``name`` are secrets: ``secret``, ``client_secret``,
+    ``password``, ``token``, ``api_key``, ``service_role_key``, ``authorization``..."""
+    lower = name.lower().replace("-", "_")
+    return (
+        lower in _SECRET_NAMES
+        or lower.endswith("_key")
+        or any(word in lower for word in _SECRET_WORDS)
+    )
+
+
+def _is_secret(path: Path, secrets: frozenset[Path]) -> bool:
+    if any(isinstance(part, str) and is_secret_key(part) for part in path):
+        return True
+    return any(path[: len(secret)] == secret for secret in secrets)
+
+
+def _hidden(error: object) -> str:
+    """A schema message for a secret value: what was wrong, never the value itself."""
+    validator = getattr(error, "validator", None)
+    expected = getattr(error, "validator_value", None)
+    if validator == "type":
+        kinds = expected if isinstance(expected, list) else [expected]
+        return "the value (not shown: secret) is not of type " + ", ".join(map(repr, kinds))
+    if validator in ("minLength", "maxLength", "minimum", "maximum", "format", "pattern"):
+        return f"the value (not shown: secret) fails {validator} {expected!r}"
+    return f"the value (not shown: secret) is not valid ({validator})"
+
+
+def _unknown_key(name: str, known: Iterable[str]) -> str:
+    """``unknown key 'auht' (did you mean 'auth'?)``."""
+    choices = sorted(known)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    if not close:
+        close = [c for c in choices if c.lower() == name.lower()][:1]
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key {name!r}{hint}"
+
+
+def _explain(error: object, secrets: frozenset[Path] = frozenset()) -> list[Finding]:
     """Turn one jsonschema ``ValidationError`` into located messages.
 
     For ``anyOf``/``oneOf``, a branch whose errors show it was never meant for the value
@@ -320,7 +454,15 @@ def _explain(error: object) -> list[Finding]:
     context = _items(error, "context")
     path: Path = tuple(p for p in _items(error, "absolute_path") if isinstance(p, str | int))
     instance: object = getattr(error, "instance", None)
+    if validator == "additionalProperties" and isinstance(instance, dict):
+        schema = getattr(error, "schema", None)
+        known = schema.get("properties", {}) if isinstance(schema, dict) else {}
+        return [
+            ((*path, name), _unknown_key(name, known)) for name in instance if name not in known
+        ]
     if validator not in ("anyOf", "oneOf") or not context:
+        if _is_secret(path, secrets):
+            return [(path, _hidden(error))]
         return [(path, _shorten(str(getattr(error, "message", "")), instance))]
     branches: dict[object, list[object]] = {}
     for sub in context:
@@ -328,15 +470,17 @@ def _explain(error: object) -> list[Finding]:
         branches.setdefault(branch, []).append(sub)
     fitting = [subs for subs in branches.values() if not any(map(_is_mismatch, subs))]
     if len(fitting) == 1:
-        return [finding for sub in fitting[0] for finding in _explain(sub)]
+        return [finding for sub in fitting[0] for finding in _explain(sub, secrets)]
     if fitting:
-        explained = [[f for sub in subs for f in _explain(sub)] for subs in fitting]
+        explained = [[f for sub in subs for f in _explain(sub, secrets)] for subs in fitting]
         common = [f for f in explained[0] if all(f in other for other in explained[1:])]
         if common:
             return common
         if all(getattr(sub, "validator", None) == "required" for sub in context):
             names = ", ".join(repr((_items(sub, "validator_value") or [""])[0]) for sub in context)
             return [(path, f"at least one of {names} is required")]
+    if _is_secret(path, secrets):
+        return [(path, _hidden(error))]
     return [_none_of(path, instance, list(branches.values()))]
 
 
@@ -408,15 +552,27 @@ def json_pointer(path: Iterable[str | int]) -> str:
 
 
 def _error(path: Path, message: str) -> Diagnostic:
-    return Diagnostic(severity=Severity.ERROR, pointer=json_pointer(path), message=message)
+    return Diagnostic(
+        severity=Severity.ERROR, pointer=json_pointer(path), message=mask_credentials(message)
+    )
 
 
 def _warning(path: Path, message: str) -> Diagnostic:
-    return Diagnostic(severity=Severity.WARNING, pointer=json_pointer(path), message=message)
+    return Diagnostic(
+        severity=Severity.WARNING, pointer=json_pointer(path), message=mask_credentials(message)
+    )
+
+
+def _strict_warning(path: Path, message: str, *, strict: bool) -> Diagnostic:
+    """A WARNING that strict mode makes an ERROR (it could open a route with no word)."""
+    return _error(path, message) if strict else _warning(path, message)
 
 
 def _pointer_key(pointer: str) -> tuple[tuple[int, int, str], ...]:
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in pointer.split("/")[1:])
+    return tuple(
+        (0, int(t), "") if t.isascii() and t.isdigit() else (1, 0, t)
+        for t in pointer.split("/")[1:]
+    )
 
 
 def _sorted(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
@@ -480,36 +636,114 @@ def _show(value: object) -> str:
 # --------------------------------------------------------------------------- compiling
 
 
-def compile_config(raw: object, *, env: Mapping[str, str]) -> CompileResult:
+def compile_config(raw: object, *, env: Mapping[str, str], strict: bool = False) -> CompileResult:
     """normalise -> resolve placeholders -> validate -> build the frozen model.
 
     Returns the config with every diagnostic, even when some are errors (compatibility
     mode: the original serves invalid configs as they are).
+
+    Args:
+        raw: the parsed config (a :class:`ParsedConfig` adds the keys its text repeated).
+        env: what placeholders read.
+        strict: strict mode. The findings that could open a route with no word (an unknown
+            key in a route or integration, an authorizer field that resolves to empty) are
+            ERRORs instead of WARNINGs, so a caller that refuses errors refuses them.
 
     Raises:
         ConfigError: only when the config cannot be used at all: not a JSON object,
             ``paths`` missing or not an array, or nested too deeply to process.
     """
     try:
-        resolved = resolve_placeholders(normalise(raw), env)
-        found = validate(resolved)
+        normalised = normalise(raw)
+        resolved = resolve_placeholders(normalised, env)
+        placeholders = _placeholders(normalised)
+        secret_paths = [path for path, (prefix, _) in placeholders.items() if prefix != "$env."]
+        found = validate(resolved, secret_paths=secret_paths)
+        if isinstance(raw, ParsedConfig):
+            found.extend(raw.findings)
         if not isinstance(resolved, dict):
             raise ConfigError("the configuration is not a JSON object", found)
         if not isinstance(resolved.get("paths"), list):
             cause = _error(("paths",), "'paths' must be an array of routes")
             raise ConfigError(str(cause), _sorted([*found, cause]))
-        config = _Compiler(resolved).build(found)
+        found.extend(_empty_authorizer_fields(placeholders, resolved, strict=strict))
+        config = _Compiler(resolved, strict=strict).build(found)
     except RecursionError:
         cause = _error((), "the configuration is nested too deeply")
         raise ConfigError(str(cause), (cause,)) from None
     return CompileResult(config=config, diagnostics=tuple(_sorted(found)))
 
 
+def _placeholders(config: object) -> dict[Path, tuple[str, str]]:
+    """Where the (normalised) config holds a placeholder: path -> (prefix, variable name)."""
+    found: dict[Path, tuple[str, str]] = {}
+    pending: list[tuple[Path, object]] = [((), config)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(((*path, key), item) for key, item in value.items())
+        elif isinstance(value, list):
+            pending.extend(((*path, index), item) for index, item in enumerate(value))
+        elif isinstance(value, str) and path:
+            for prefix in _PLACEHOLDER_PREFIXES:
+                if value.startswith(prefix):
+                    found[path] = (prefix, value[len(prefix) :])
+                    break
+    return found
+
+
+def _empty_authorizer_fields(
+    placeholders: Mapping[Path, tuple[str, str]], config: JSONObject, *, strict: bool
+) -> list[Diagnostic]:
+    """An authorizer field whose placeholder resolved to ``""``: a check turned off silently.
+
+    ``"issuer": "$env.ISSUER"`` with ``ISSUER`` unset makes the issuer check accept any
+    ``iss``; an empty secret refuses every token or answers 500.
+    """
+    authorizer = config.get("authorizer")
+    if not isinstance(authorizer, dict):
+        return []
+    found: list[Diagnostic] = []
+    for path, (prefix, name) in placeholders.items():
+        if len(path) == 2 and path[0] == "authorizer" and authorizer.get(path[1]) == "":
+            found.append(
+                _strict_warning(
+                    path,
+                    f'{path[1]!r} is empty: {prefix}{name} resolved to "" (the variable '
+                    f"{name!r} is unset or empty), which turns off or breaks this check",
+                    strict=strict,
+                )
+            )
+    return found
+
+
+_PARAM_SEGMENT: Final = re.compile(r"(?<=/)\{(?!\.\+\}(?:/|$))[^/]*\}(?=/|$)")
+
+
+def _schema_keys(*path: str) -> frozenset[str]:
+    node: object = SCHEMA
+    for name in path:
+        assert isinstance(node, dict)
+        node = node[name]
+    assert isinstance(node, dict)
+    return frozenset(node)
+
+
+#: Keys a route may hold, and an integration: the schema's, plus ``post_process``, which the
+#: original reads but its schema does not list. Where the schema allows any extra key, a key
+#: not in these is reported (a misspelt ``auth`` would serve the route unauthenticated).
+_ROUTE_KEYS: Final = _schema_keys("properties", "paths", "items", "properties")
+_INTEGRATION_KEYS: Final = frozenset({"type", "server", "binding", "function", "post_process"})
+_HOOK_KEYS: Final = frozenset({"binding", "function"})
+_POST_PROCESS_KEYS: Final = frozenset({"type", "binding", "function"})
+
+
 class _Compiler:
     """Builds a :class:`GatewayConfig` from a resolved config, recording diagnostics."""
 
-    def __init__(self, config: JSONObject) -> None:
+    def __init__(self, config: JSONObject, *, strict: bool = False) -> None:
         self.config = config
+        self.strict = strict
         self.found: list[Diagnostic] = []
         self.servers = _entries(config.get("servers"), ("url",), _make_server)
         self.services = _entries(config.get("services"), ("entrypoint",), _make_service)
@@ -524,6 +758,7 @@ class _Compiler:
             for index, entry in enumerate(paths if isinstance(paths, list) else [])
             if isinstance(entry, dict)
         )
+        self.duplicate_routes(routes)
         found.extend(self.found)
         return GatewayConfig(
             routes=routes,
@@ -599,8 +834,44 @@ class _Compiler:
 
     # -- routes
 
+    def duplicate_routes(self, routes: Iterable[Route]) -> None:
+        """Two routes with one method and one path (parameter names aside): the later one
+        never answers, since config order breaks the tie."""
+        first: dict[tuple[str, str], int] = {}
+        for route in routes:
+            if not route.path:
+                continue
+            key = (route.method, _PARAM_SEGMENT.sub("{}", route.path))
+            if key in first:
+                self.found.append(
+                    _warning(
+                        ("paths", route.index),
+                        f"same method and path as /paths/{first[key]}, which comes first: "
+                        "this route never answers",
+                    )
+                )
+            else:
+                first[key] = route.index
+
+    def unknown_keys(self, here: Path, block: object, known: frozenset[str]) -> None:
+        """Keys the schema lets through but nothing reads: WARNING, ERROR under strict."""
+        if not isinstance(block, dict):
+            return
+        for name in block:
+            if name not in known:
+                self.found.append(
+                    _strict_warning((*here, name), _unknown_key(name, known), strict=self.strict)
+                )
+
     def route(self, index: int, entry: JSONObject, authorizer: Authorizer | None) -> Route:
         here: Path = ("paths", index)
+        self.unknown_keys(here, entry, _ROUTE_KEYS)
+        integration_block = entry.get("integration")
+        self.unknown_keys((*here, "integration"), integration_block, _INTEGRATION_KEYS)
+        if isinstance(integration_block, dict):
+            post = integration_block.get("post_process")
+            self.unknown_keys((*here, "integration", "post_process"), post, _POST_PROCESS_KEYS)
+        self.unknown_keys((*here, "pre_process"), entry.get("pre_process"), _HOOK_KEYS)
         method, path = entry.get("method"), entry.get("path")
         integration = _integration(entry.get("integration"))
         problems = self.route_problems(here, entry, integration, authorizer)

@@ -19,6 +19,9 @@ ERROR. A 401 is not a server error, so it must not page anyone.
 
 from __future__ import annotations
 
+import re
+from typing import Final
+
 from ._actions import LogLevel
 from ._json import dumps
 
@@ -32,6 +35,8 @@ __all__ = [
     "NoRouteMatched",
     "UpstreamError",
     "error_body",
+    "mask_credentials",
+    "mask_url",
 ]
 
 
@@ -149,3 +154,36 @@ class IllegalTransition(Exception):
 
 def error_body(exc: GatewayError) -> bytes:
     return exc.body()
+
+
+# scheme://userinfo@ : the userinfo ends at the last "@" of the authority (as WHATWG reads
+# it). A password with a raw "/" (not valid, yet urlsplit reads it) is the second form.
+_USERINFO: Final = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)"
+    r"(?:(?P<info>[^\s'\"/?#]*)|(?P<slashed>[^\s'\"/?#@:]*:[^\s'\"@?#]*))@"
+)
+
+
+def _mask(found: re.Match[str]) -> str:
+    info = found.group("info") or found.group("slashed") or ""
+    user, colon, _ = info.partition(":")
+    return (
+        f"{found.group('scheme')}{user}:***@" if colon and user else f"{found.group('scheme')}***@"
+    )
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its credentials masked, for output: ``https://user:***@host/x``.
+
+    A password is replaced by ``***``; a userinfo with no password (often a token, as in
+    ``https://TOKEN@host``) is replaced whole. A URL without userinfo comes back unchanged.
+    Pure and cheap; the CLI's ``routes`` output and every message the core builds use it.
+    """
+    if "@" not in url:
+        return url
+    return _USERINFO.sub(_mask, url)
+
+
+def mask_credentials(text: str) -> str:
+    """Every URL in ``text`` with its credentials masked (:func:`mask_url`)."""
+    return mask_url(text)

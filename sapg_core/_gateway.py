@@ -58,6 +58,7 @@ from ._errors import (
     IllegalTransition,
     InternalError,
     NoRouteMatched,
+    mask_credentials,
 )
 from ._events import (
     ActionFailed,
@@ -278,12 +279,13 @@ class Gateway:
             response = self._with_route(request, self._error_response(request, exc))
             if exc.log is None:
                 return [response]
-            log = Log(level=exc.level, message=exc.log, request_id=request.id)
+            message = mask_credentials(exc.log)  # a URL in a log line keeps no password
+            log = Log(level=exc.level, message=message, request_id=request.id)
             return [log, response]
         except Exception as exc:  # the boundary: a bug must not reach the client
             log = Log(
                 level=LogLevel.ERROR,
-                message=f"internal error: {type(exc).__name__}: {exc}",
+                message=mask_credentials(f"internal error: {type(exc).__name__}: {exc}"),
                 request_id=request.id,
             )
             error = self._error_response(request, InternalError("unexpected"))
