@@ -380,3 +380,41 @@ def test_a_jwks_that_cannot_be_fetched_is_a_provider_warning() -> None:
     actions = gateway.handle(answered)
     assert final(actions).status == 401
     assert _levels(actions) == [LogLevel.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("status", "level"),
+    [(403, LogLevel.INFO), (400, LogLevel.INFO), (500, LogLevel.WARNING), (503, LogLevel.WARNING)],
+)
+def test_gotrue_refusing_the_input_is_info_and_gotrue_failing_is_a_warning(
+    status: int, level: LogLevel
+) -> None:
+    from tests.core.test_supabase import gateway, gotrue_says, post
+
+    gw = gateway()
+    rid, _ = post(gw, "/auth/verify", b'{"email":"test@example.com","token":"123456"}')
+    actions = gw.handle(gotrue_says(rid, status, {"msg": "no"}))
+    assert final(actions).status == 401
+    assert _levels(actions) == [level]
+
+
+def test_a_service_that_times_out_is_a_warning_and_one_that_raises_is_an_error() -> None:
+    config = {
+        "serviceBindings": [{"alias": "b", "binding": "B"}],
+        "paths": [
+            {
+                "method": "GET",
+                "path": "/s",
+                "integration": {"type": "service_binding", "binding": "b", "function": "f"},
+            }
+        ],
+    }
+    gateway = make_gateway(config)
+    for reason, level in (
+        (FailureReason.TIMEOUT, LogLevel.WARNING),
+        (FailureReason.SERVICE_ERROR, LogLevel.ERROR),
+    ):
+        request_id, actions = receive(gateway, "GET", "/s")
+        assert type(actions[-1]).__name__ == "CallService"
+        answer = gateway.handle(ActionFailed(request_id=request_id, reason=reason, now=NOW))
+        assert _levels(answer) == [level], reason
