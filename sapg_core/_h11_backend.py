@@ -34,14 +34,30 @@ __all__ = ["H11Parser"]
 _UNLIMITED: Final = sys.maxsize
 #: The end of a head as h11 finds it (it accepts a bare LF).
 _HEAD_END: Final = re.compile(rb"\n\r?\n")
-#: What llhttp refuses in a head and h11 takes: a bare LF, an obs-fold line
-#: (a line starting with SP or HTAB), a control character but HTAB, CR and LF.
-_LOOSE: Final = re.compile(rb"(?<!\r)\n|\n[ \t]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-#: A Content-Length field; h11 folds repeated equal ones (and ``3, 3``) into one, llhttp refuses.
+#: Control characters but HTAB, CR and LF: llhttp refuses them in a head, h11 takes most.
+_CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 #: A request-target as llhttp takes it (but for CONNECT): origin-form, ``*``, or
 #: absolute-form with a letters-only scheme and an authority of its characters.
 _TARGET: Final = re.compile(rb"[/*]|[A-Za-z]+://[-A-Za-z0-9_.!~*'()%;:&=+$,\[\]@]*(?:[/?#]|\Z)")
-_LENGTH_FIELD: Final = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE)
+_LENGTH_FIELD: Final = b"\ncontent-length:"
+
+
+def _loose(head: bytes) -> str | None:
+    """Why llhttp would refuse a head that h11 took, or ``None``."""
+    if head.count(b"\n") != head.count(b"\r\n"):
+        return "a bare LF in the head"
+    if b"\n " in head or b"\n\t" in head:
+        return "obs-fold in the head"
+    if _CONTROL.search(head) is not None:
+        return "a control character in the head"
+    lowered = head.lower()
+    first = lowered.find(_LENGTH_FIELD)
+    if first >= 0 and (
+        lowered.find(_LENGTH_FIELD, first + 1) >= 0
+        or b"," in lowered[first : lowered.find(b"\r\n", first + 1)]
+    ):
+        return "more than one Content-Length"
+    return None
 
 
 class H11Parser:
@@ -98,21 +114,18 @@ class H11Parser:
         self._in_head = False
         end = _HEAD_END.search(raw)
         stop = end.end() if end is not None else len(raw)
-        if _LOOSE.search(raw, 0, stop) is not None:
+        why = _loose(raw[:stop])
+        if why is None and request.method != b"CONNECT" and not _TARGET.match(request.target):
+            why = "malformed request-target"
+        if why is not None:
             self._dead = True
-            return RawFailure(400, "bare LF, obs-fold or a control character in the head")
-        if request.method != b"CONNECT" and _TARGET.match(request.target) is None:
-            self._dead = True
-            return RawFailure(400, "malformed request-target")
-        lengths = _LENGTH_FIELD.findall(raw, 0, stop)
-        if len(lengths) > 1 or (lengths and b"," in lengths[0]):
-            self._dead = True
-            return RawFailure(400, "more than one Content-Length")
+            return RawFailure(400, why)
         return RawHead(
             bytes(request.method),
             bytes(request.target),
-            list(request.headers),
+            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers],
             request.http_version.decode("ascii"),
+            stop,
         )
 
     def next_cycle(self) -> None:

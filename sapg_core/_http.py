@@ -196,9 +196,7 @@ _METHODS: Final = frozenset(
     b"MKCALENDAR MKCOL MOVE NOTIFY OPTIONS PATCH POST PROPFIND PROPPATCH PURGE PUT QUERY "
     b"REBIND REPORT SEARCH SOURCE SUBSCRIBE TRACE UNBIND UNLINK UNLOCK UNSUBSCRIBE".split()
 )
-_SPECIAL: Final = frozenset(
-    (b"content-length", b"transfer-encoding", b"connection", b"host", b"expect")
-)
+_SPECIAL: Final = frozenset(("content-length", "transfer-encoding", "connection", "host", "expect"))
 _FRAMING: Final = frozenset(("content-length", "transfer-encoding", "connection", "date"))
 _MAX_CONTENT_LENGTH: Final = 2**63 - 1
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -223,7 +221,7 @@ _CLOSED: Final = ConnectionClosed()
 
 
 def _declared_length(
-    http10: bool, length: bytes | None, lengths: int, chunked: bool
+    http10: bool, length: str | None, lengths: int, chunked: bool
 ) -> tuple[int | None, int, str]:
     """The request body's framing (RFC 9112 §6.1, §6.3), beyond what h11 checks.
 
@@ -247,47 +245,48 @@ def _declared_length(
 
 
 def _scan(
-    headers: list[tuple[bytes, bytes]],
-) -> tuple[list[tuple[str, str]], int, bytes | None, int, bool, bool, bool, int, int]:
-    """One pass over a request's headers.
+    headers: list[tuple[str, str]],
+) -> tuple[str | None, int, bool, bool, bool, int, int]:
+    """One pass over a request's headers (lower-case names, Latin-1 values).
 
     The framing fields are checked in arrival order, as h11 checks them, so
     that the first bad one decides between 400 and 501 on both backends: a
     ``Content-Length`` not all digits, or unlike an earlier one, is 400; a
     second ``Transfer-Encoding`` field or one other than ``chunked`` is 501.
+    A ``Transfer-Encoding`` value is lower-cased in ``headers``, as h11 gives it.
 
     Returns:
-        The str form for the core, the fields' size, the last
-        Content-Length value and how many there were, whether the body is
-        chunked, whether the client asked to close, whether it expects 100
-        Continue, how many Host fields there were, and 0 or the status of
-        the first bad framing field.
+        The last Content-Length value and how many there were, whether the
+        body is chunked, whether the client asked to close, whether it
+        expects 100 Continue, how many Host fields there were, and 0 or the
+        status of the first bad framing field.
     """
-    length: bytes | None = None
-    lengths = hosts = size = bad = 0
+    length: str | None = None
+    lengths = hosts = bad = 0
     chunked = close = expect = False
-    decoded = []
-    for name, value in headers:
-        size += len(name) + len(value) + 4
-        if name in _SPECIAL:
-            if name == b"content-length":
-                if not value.isdigit() or (length is not None and value != length):
+    special = _SPECIAL
+    for index, (name, value) in enumerate(headers):
+        if name in special:
+            if name == "content-length":
+                if not (value.isascii() and value.isdigit()) or (
+                    length is not None and value != length
+                ):
                     bad = bad or 400
                 length = value
                 lengths += 1
-            elif name == b"transfer-encoding":
-                value = value.lower()  # as h11 gives it
-                if chunked or value != b"chunked":
+            elif name == "transfer-encoding":
+                lowered = value.lower()
+                headers[index] = (name, lowered)
+                if chunked or lowered != "chunked":
                     bad = bad or 501
                 chunked = True
-            elif name == b"connection":
-                close = close or _has_close(value)
-            elif name == b"host":
+            elif name == "connection":
+                close = close or _has_close(value.encode("latin-1"))
+            elif name == "host":
                 hosts += 1
             else:
-                expect = value.lower() == b"100-continue"
-        decoded.append((name.decode("latin-1"), value.decode("latin-1")))
-    return decoded, size, length, lengths, chunked, close, expect, hosts, bad
+                expect = value.lower() == "100-continue"
+    return length, lengths, chunked, close, expect, hosts, bad
 
 
 def _caller_headers(
@@ -429,7 +428,8 @@ class ServerConnection:
     def _on_head(self, head: RawHead) -> HTTPEvent:
         # h11's checks first, in h11's order (the status of a head with two
         # faults is h11's on both backends), then the rules we add.
-        decoded, size, length, lengths, chunked, close, expect, hosts, bad = _scan(head.headers)
+        headers = head.headers
+        length, lengths, chunked, close, expect, hosts, bad = _scan(headers)
         if bad:
             return self._fail(bad, "bad Content-Length or Transfer-Encoding")
         version = head.version
@@ -441,7 +441,7 @@ class ServerConnection:
         method = head.method
         if method not in _METHODS:
             return self._fail(400, "unknown method")
-        size += len(method) + len(head.target) + 12
+        size = head.size
         content_length, status, detail = _declared_length(http10, length, lengths, chunked)
         # The parsers bound only an *incomplete* head; one that arrives whole is measured here.
         limits = self.limits
@@ -459,7 +459,7 @@ class ServerConnection:
         return RequestHead(
             method=method.decode("latin-1"),
             target=head.target.decode("latin-1"),
-            headers=tuple(decoded),
+            headers=tuple(headers),
             http_version=version,
             keep_alive=self._keep,
             content_length=content_length,

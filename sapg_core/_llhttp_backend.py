@@ -13,8 +13,9 @@ again only when told :class:`NeedData`.
 
 llhttp runs with every leniency off. Where it still accepts what h11 (the
 reference) refuses, this backend refuses too: the request line must be
-``method SP target SP HTTP/``, checked against the raw bytes; header values
-lose their trailing whitespace, as h11 trims it. Where llhttp refuses, the
+``method SP target SP HTTP/``, checked against the raw bytes (which also
+gives the head's exact size); header values lose their trailing
+whitespace, as h11 trims it. Where llhttp refuses, the
 answer must still be h11's (400, 431 or 501): the head is handed to a fresh
 h11 connection and its verdict taken, waiting for the rest of the head if
 h11 would (so both backends answer at the same byte). A request llhttp
@@ -57,6 +58,18 @@ class _Refused(Exception):
         self.detail = detail
 
 
+#: Header names as they came -> lower-cased str; a client sends the same few again and again.
+_NAMES: Final[dict[bytes, str]] = {}
+_MAX_NAMES: Final = 1024
+
+
+def _name(raw: bytes) -> str:
+    name = raw.lower().decode("latin-1")
+    if len(_NAMES) < _MAX_NAMES:
+        _NAMES[raw] = name
+    return name
+
+
 def _skip_chunked(data: bytes, pos: int) -> int | None:
     """The end of a chunked body (already validated by llhttp) that starts at ``pos``."""
     while True:
@@ -89,7 +102,7 @@ class LLHTTPParser:
         self._events: collections.deque[RawEvent] = collections.deque()
         self._parser = self._new_parser()
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] = []  # as llhttp gave them
         self._in_head = False  # between on_message_begin and on_headers_complete
         self._in_body = False  # between on_headers_complete and on_message_complete
         self._data = b""  # the read being parsed
@@ -189,17 +202,15 @@ class LLHTTPParser:
         self._in_head = True
         self._began_here = True
         self._url = b""
-        self._headers = []
+        self._headers = []  # also drops the trailer fields of the message before
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head or self._priming:
-            return  # a trailer field: h11 drops them too
-        if value and value[-1] in b" \t":
-            value = value.rstrip(b" \t")
-        self._headers.append((name.lower(), value))
+        # As little as can be per field: the work is done once, in on_headers_complete.
+        # (Trailer fields land here too, after it, and are dropped at the next message.)
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -210,7 +221,6 @@ class LLHTTPParser:
         parser = self._parser
         method = parser.get_method()
         url = self._url
-        # llhttp takes several spaces between the parts of the request line; h11 does not.
         data = self._data
         held = len(self._held)
         if held:
@@ -219,19 +229,36 @@ class LLHTTPParser:
             self._held = []
         self._partial = 0
         cursor = self._cursor if self._exact else self._where_next(guess=False)
-        start = data.find(b"%b %b HTTP/" % (method, url), cursor)
-        # Where the request line must begin, when that is known exactly: h11
-        # refuses the empty lines that llhttp skips before a request line.
+        key = b"%b %b HTTP/" % (method, url)
+        start = cursor if data.startswith(key, cursor) else data.find(key, cursor)
+        # llhttp takes several spaces between the parts of the request line,
+        # and skips empty lines before it; h11 does neither. Where the line
+        # must begin is known exactly but after a chunked body that began in
+        # an earlier read.
         if start < 0 or (start != cursor and self._began_here and self._exact):
             raise _Refused(400, "malformed request line")
-        self._body_start = max(data.find(_CRLFCRLF, start) + 4 - held, 0)
+        eol = start + len(key) + 3  # llhttp took exactly one digit, a dot and one digit
+        end = data.find(_CRLFCRLF, eol) + 4
+        self._body_start = max(end - held, 0)
         self._head_here = True
         self._head_bytes = (data, start)
-        headers = self._headers
+        names = _NAMES
+        if data.find(b" \r\n", start, end) < 0 and data.find(b"\t\r\n", start, end) < 0:
+            headers = [
+                (names.get(name) or _name(name), value.decode("latin-1"))
+                for name, value in self._headers
+            ]
+        else:  # some value has trailing whitespace, which h11 trims
+            headers = [
+                (names.get(name) or _name(name), value.rstrip(b" \t").decode("latin-1"))
+                for name, value in self._headers
+            ]
+        self._headers = []
         self._chunked = False
         if parser.should_upgrade():
             self._upgrade_body = self._framing(headers)
-        self._events.append(RawHead(method, url, headers, parser.get_http_version()))
+        version = data[eol - 3 : eol].decode("ascii")
+        self._events.append(RawHead(method, url, headers, version, end - start))
 
     def on_body(self, body: bytes) -> None:
         self._events.append(body)
@@ -258,13 +285,13 @@ class LLHTTPParser:
     # -- the rare paths --------------------------------------------------------
 
     @staticmethod
-    def _framing(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    def _framing(headers: list[tuple[str, str]]) -> bytes | None:
         for name, _ in headers:
-            if name == b"transfer-encoding":
+            if name == "transfer-encoding":
                 return b"transfer-encoding: chunked\r\n"
         for name, value in headers:
-            if name == b"content-length" and value.strip(b" \t") not in (b"", b"0"):
-                return b"content-length: " + value.strip(b" \t") + b"\r\n"
+            if name == "content-length" and value not in ("", "0"):
+                return b"content-length: " + value.encode("latin-1") + b"\r\n"
         return None
 
     def _upgrade(self, data: bytes, offset: int) -> None:

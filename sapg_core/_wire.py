@@ -3,11 +3,13 @@
 Theory of operation. Both parser backends of :mod:`sapg_core._http` answer
 through this one writer, so what goes on the wire does not depend on which
 parser read the request. A head is rendered with one ``bytes.join`` and
-checked with one regular expression over the joined header block: a field
-name must be a token (RFC 9110 §5.1) and a field value may hold no control
-character but HTAB (RFC 9110 §5.5: no CR, LF or NUL above all, which would
-let a value start a header of its own or end the head early). A bad field
-raises :class:`LocalProtocolError` naming it; nothing is rendered.
+checked once, joined: a field name must be a token (RFC 9110 §5.1; names
+seen before are remembered, in a bounded set) and a field value may hold no
+control character but HTAB (RFC 9110 §5.5: no CR, LF or NUL above all, which
+would let a value start a header of its own or end the head early): the
+head must hold exactly the line ends we wrote and no other control
+character. A bad field raises :class:`LocalProtocolError` naming it;
+nothing is rendered.
 
 Body framing helpers render one chunk of a chunked body and its last chunk.
 Nothing here keeps state: the connection in :mod:`sapg_core._http` decides
@@ -50,10 +52,13 @@ class LocalProtocolError(Exception):
 
 
 _TCHAR: Final = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
-#: The header block: ``name: value\r\n`` lines, names tokens, values free of CTLs but HTAB.
-_HEADER_BLOCK: Final = re.compile(rb"(?:[" + _TCHAR + rb"]+: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 _TOKEN: Final = re.compile(rb"[" + _TCHAR + rb"]+")
 _BAD_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: Control characters but HTAB, CR and LF (those two are counted instead).
+_CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: Names already found to be tokens (a response uses a few, again and again); bounded.
+_GOOD_NAMES: Final[set[bytes]] = set()
+_MAX_GOOD_NAMES: Final = 1024
 
 _STATUS_LINES: Final[dict[int, bytes]] = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
@@ -94,15 +99,32 @@ def render_head(status: int, headers: list[tuple[bytes, bytes]], body: bytes = b
         LocalProtocolError: a name is not a token, or a value holds CR, LF,
             NUL or another control character than HTAB.
     """
-    line = status_line(status)
-    parts = [line]
+    parts = [status_line(status)]
+    good = _GOOD_NAMES
     for name, value in headers:
+        if name not in good:
+            _check_name(name)
         parts += (name, b": ", value, b"\r\n")
     parts += (b"\r\n", body)
     out = b"".join(parts)
-    if _HEADER_BLOCK.fullmatch(out, len(line), len(out) - 2 - len(body)) is None:
+    # The names are tokens, so any CR or LF beyond the line ends we wrote, or
+    # any other control character, came in a value.
+    end = len(out) - len(body)
+    lines = len(headers) + 2
+    if (
+        out.count(b"\n", 0, end) != lines
+        or out.count(b"\r", 0, end) != lines
+        or _CONTROL.search(out, 0, end) is not None
+    ):
         _explain(headers)
     return out
+
+
+def _check_name(name: bytes) -> None:
+    if _TOKEN.fullmatch(name) is None:
+        raise LocalProtocolError(f"header name {name!r} is not a token")
+    if len(_GOOD_NAMES) < _MAX_GOOD_NAMES:
+        _GOOD_NAMES.add(name)
 
 
 def _explain(headers: list[tuple[bytes, bytes]]) -> None:
@@ -126,24 +148,31 @@ def chunk(data: bytes) -> bytes:
 
 
 class RawHead:
-    """A request head as a backend parsed it: bytes, names lower-cased, values trimmed.
+    """A request head as a backend parsed it: names lower-cased, values trimmed, Latin-1.
 
     Fields:
         method: the method token.
         target: the request-target.
         headers: (lower-case name, value) pairs in arrival order.
         version: ``"1.1"``, ``"1.0"`` or whatever the request line said.
+        size: the head's bytes on the wire, request line to empty line.
     """
 
-    __slots__ = ("headers", "method", "target", "version")
+    __slots__ = ("headers", "method", "size", "target", "version")
 
     def __init__(
-        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], version: str
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[str, str]],
+        version: str,
+        size: int,
     ) -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.version = version
+        self.size = size
 
 
 class RawFailure:
