@@ -1065,6 +1065,7 @@ def _make_server(entry: JSONObject) -> Server:
         url=str(entry["url"]),
         connect_timeout=_timeout(entry.get("connect_timeout"), DEFAULT_CONNECT_TIMEOUT),
         read_timeout=_timeout(entry.get("read_timeout"), DEFAULT_READ_TIMEOUT),
+        forward_path_escapes=entry.get("path_escapes") == "forward",
     )
 
 

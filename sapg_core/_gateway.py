@@ -13,7 +13,8 @@ by returning its final action (:class:`Respond` or :class:`RelayResponse`).
 A route whose integration is ``http_proxy`` first refuses a request-target
 whose path holds an encoded slash, backslash or dot-segment (400, before the
 authorizer; :func:`escaped_path_problem`): the upstream must not read the path
-another way than the gateway routed it.
+another way than the gateway routed it. A server with ``path_escapes:
+"forward"`` opts out.
 
 Errors are values: deep code raises :class:`GatewayError`; :meth:`_run` is
 the one place that turns them into responses (with CORS and X-Powered-By).
@@ -382,8 +383,9 @@ class Gateway:
             raise ConfigDefect(f"route {route.method} {route.path}: {route.defect}")
         integration = route.integration
         if integration is not None and integration.type == "http_proxy":
+            server = self.config.servers.get(integration.server or "")
             problem = escaped_path_problem(request.event.target)
-            if problem is not None:
+            if problem is not None and not (server is not None and server.forward_path_escapes):
                 raise _path_escape(problem)
         claims = None
         if route.auth:

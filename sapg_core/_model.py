@@ -61,12 +61,17 @@ class Diagnostic:
 
 @attrs.frozen(kw_only=True)
 class Server:
-    """One ``servers`` entry; ``base`` is what its upstream URLs start with (computed once)."""
+    """One ``servers`` entry; ``base`` is what its upstream URLs start with (computed once).
+
+    ``forward_path_escapes``: ``path_escapes: "forward"``; a request path holding an encoded
+    slash, backslash or dot-segment is forwarded as sent instead of refused with 400.
+    """
 
     alias: str
     url: str
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    forward_path_escapes: bool = False
     base: str = attrs.field(
         init=False,
         eq=False,

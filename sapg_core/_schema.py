@@ -5,6 +5,7 @@ This is the original gateway's ``api-config.schema.json`` (kept in
 fields the original knows. The extensions, each marked in place:
 
 - ``servers[].connect_timeout`` / ``servers[].read_timeout``: numbers > 0 (seconds);
+- ``servers[].path_escapes``: ``"reject"`` (the default) or ``"forward"``;
 - the ``auth0`` authorizer's ``audience`` (string) and ``require_state`` (boolean);
 - the ``supabase`` authorizer's ``jwks_uri`` (format ``uri``).
 
@@ -70,6 +71,8 @@ SCHEMA: Final[dict[str, JSONValue]] = {
                     # sapg extension: upstream timeouts in seconds (opt-in).
                     "connect_timeout": {"type": "number", "exclusiveMinimum": 0},
                     "read_timeout": {"type": "number", "exclusiveMinimum": 0},
+                    # sapg extension: encoded slashes / dot-segments in proxied paths.
+                    "path_escapes": {"enum": ["reject", "forward"]},
                 },
                 "required": ["alias", "url"],
                 "additionalProperties": False,

@@ -195,3 +195,31 @@ def test_escaped_path_problem_reads_only_the_path() -> None:
     assert escaped_path_problem("https://h/a%2fb") is not None
     assert escaped_path_problem("https://h%2f/a") is None  # the authority is not the path
     assert escaped_path_problem("/") is None
+
+
+def test_a_server_may_opt_out_and_take_escaped_paths_as_sent() -> None:
+    config = {
+        "servers": [
+            {"alias": "files", "url": "https://files.example.com/public"},
+            {"alias": "git", "url": "https://git.example.com/api", "path_escapes": "forward"},
+        ],
+        "paths": [
+            {
+                "method": "GET",
+                "path": "/projects/{.+}",
+                "integration": {"type": "http", "server": "git"},
+            },
+            {
+                "method": "GET",
+                "path": "/files/{.+}",
+                "integration": {"type": "http", "server": "files"},
+            },
+        ],
+    }
+    gateway = make_gateway(config)
+    _, actions = receive(gateway, "GET", "/projects/group%2Fproject/issues")
+    [action] = actions
+    assert isinstance(action, ForwardUpstream)
+    assert action.url == "https://git.example.com/api/group%2Fproject/issues"
+    _, actions = receive(gateway, "GET", "/files/group%2Fproject")
+    assert final(actions).status == 400  # the default, per server

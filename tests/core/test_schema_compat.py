@@ -54,7 +54,11 @@ ENV = {
 
 #: The properties our schema adds, by where they sit: removing them gives the original back.
 EXTENSIONS = {
-    ("properties", "servers", "items", "properties"): ("connect_timeout", "read_timeout"),
+    ("properties", "servers", "items", "properties"): (
+        "connect_timeout",
+        "read_timeout",
+        "path_escapes",
+    ),
     ("properties", "authorizer", "oneOf", 1, "properties"): ("audience", "require_state"),
     ("properties", "authorizer", "oneOf", 2, "properties"): ("jwks_uri",),
 }
@@ -296,6 +300,8 @@ NEW_FIELDS_VALID = {
     "connect_timeout": with_server(connect_timeout=2),
     "read_timeout float": with_server(read_timeout=0.5),
     "both timeouts": with_server(connect_timeout=1e-3, read_timeout=600),
+    "path_escapes forward": with_server(path_escapes="forward"),
+    "path_escapes reject": with_server(path_escapes="reject"),
     "auth0 audience": {"paths": [], "authorizer": {**_AUTH0, "audience": "https://api"}},
     "auth0 require_state": {"paths": [], "authorizer": {**_AUTH0, "require_state": False}},
     "supabase jwks_uri": {
@@ -309,6 +315,8 @@ NEW_FIELDS_INVALID = {
     "zero read_timeout": (with_server(read_timeout=0), "/servers/0/read_timeout"),
     "string timeout": (with_server(read_timeout="30"), "/servers/0/read_timeout"),
     "boolean timeout": (with_server(connect_timeout=True), "/servers/0/connect_timeout"),
+    "path_escapes unknown": (with_server(path_escapes="allow"), "/servers/0/path_escapes"),
+    "path_escapes a boolean": (with_server(path_escapes=True), "/servers/0/path_escapes"),
     "require_state a string": (
         {"paths": [], "authorizer": {**_AUTH0, "require_state": "yes"}},
         "/authorizer/require_state",
