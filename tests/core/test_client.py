@@ -8,6 +8,7 @@ events, or to both refusing.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from sapg_core import (
     ClientConnection,
@@ -434,3 +435,78 @@ def test_both_backends_give_the_same_events(data: bytes, method: str) -> None:
             assert fast[0] == reference[0] == "error", (fast, reference)
         else:
             assert fast == reference
+
+
+# -- generated responses ---------------------------------------------------------------------
+
+_NAMES = st.sampled_from(["x-a", "Server", "set-cookie", "ETag", "vary", "x-b"])
+_VALUES = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=12)
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> bytes:
+    status = draw(st.sampled_from([200, 201, 204, 301, 304, 404, 500]))
+    body = draw(st.binary(max_size=120))
+    framing = draw(st.sampled_from(["length", "chunked", "close", "both", "two-lengths"]))
+    lines = [f"HTTP/1.1 {status} Reason".encode()]
+    lines += [
+        f"{n}: {v}".encode() for n, v in draw(st.lists(st.tuples(_NAMES, _VALUES), max_size=4))
+    ]
+    if framing in ("length", "both"):
+        lines.append(b"Content-Length: %d" % len(body))
+    if framing == "two-lengths":
+        lines += [b"Content-Length: %d" % len(body), b"Content-Length: %d" % (len(body) + 1)]
+    if framing in ("chunked", "both"):
+        lines.append(b"Transfer-Encoding: chunked")
+        sizes = draw(st.lists(st.integers(1, 40), max_size=5))
+        chunks, rest = [], body
+        for size in sizes:
+            piece, rest = rest[:size], rest[size:]
+            if piece:
+                chunks.append(b"%x\r\n%b\r\n" % (len(piece), piece))
+        if rest:
+            chunks.append(b"%x\r\n%b\r\n" % (len(rest), rest))
+        body = b"".join(chunks) + b"0\r\n\r\n"
+    prefix = b"HTTP/1.1 100 Continue\r\n\r\n" if draw(st.booleans()) else b""
+    tail = draw(st.sampled_from([b"", b"", b"\r\n", b"HTTP/1.1 200 OK\r\n\r\n", b"x"]))
+    return prefix + b"\r\n".join(lines) + b"\r\n\r\n" + body + tail
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=responses(), method=st.sampled_from(["GET", "HEAD"]), cuts=st.lists(st.integers(1, 400))
+)
+def test_generated_responses_give_the_same_events_on_both_backends(
+    data: bytes, method: str, cuts: list[int]
+) -> None:
+    pieces, offset = [], 0
+    for cut in sorted(set(cuts)):
+        if offset < cut < len(data):
+            pieces.append(data[offset:cut])
+            offset = cut
+    pieces.append(data[offset:])
+    results = []
+    for backend in BACKENDS:
+        conn = ClientConnection(backend)
+        assert start(conn, method)
+        events: list[object] = []
+        try:
+            for piece in [*pieces, b""]:
+                conn.receive_data(piece)
+                for event in drain(conn):
+                    events.append(event.data if isinstance(event, ResponseData) else event)
+        except UpstreamProtocolError:
+            events.append("error")
+        merged: list[object] = []
+        for event in events:  # body bytes joined, whatever the reads' sizes
+            if isinstance(event, bytes) and merged and isinstance(merged[-1], bytes):
+                merged[-1] += event
+            else:
+                merged.append(event)
+        results.append(merged)
+    fast, reference = results
+    if "error" in fast or "error" in reference:
+        assert "error" in fast and "error" in reference, (fast, reference)
+        assert fast[: fast.index("error")] == reference[: reference.index("error")]
+    else:
+        assert fast == reference
