@@ -16,8 +16,9 @@ requests already buffered, and hands the connection back to the selector when it
 waits for more. So clients dribbling their heads, or idle ones, hold no thread;
 a body dribbled during a request holds one only until its deadline.
 
-When every worker is busy, a complete head is answered ``503`` JSON
-``SERVER_BUSY`` at once and the connection closed, instead of waiting in a queue.
+When every worker is busy, a complete head waits at most :data:`_BUSY_WAIT`
+(0.1 s, in order of arrival) for one, then is answered ``503`` JSON
+``SERVER_BUSY`` and the connection closed, instead of waiting in a long queue.
 The core is not thread-safe: calls to ``handle`` are serialised by one lock (they
 are short: the I/O is outside). No policy lives here. The parser is always h11
 (the "raw h11" driver).
@@ -25,6 +26,7 @@ are short: the I/O is outside). No policy lives here. The parser is always h11
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import itertools
@@ -92,6 +94,9 @@ _RECEIVE_SIZE = 65536
 _BACKLOG = 1024
 _MAX_REJECTED = 256  # refused connections lingering at once; past it, closed at once
 _ACCEPT_BATCH = 64  # connections accepted per wake-up of the selector
+_BUSY_WAIT = 0.1  # a complete head waits this long for a worker before the 503
+_MAX_WAITING = 1024  # heads waiting for a worker at once; past it, 503 at once
+_KEEP_WINDOW = 0.002  # a worker waits this long for a kept-alive client's next request
 _TICK = 0.5  # the selector wakes at least this often (reload, shutdown, lingering sockets)
 PARKED_LIMIT: Final = 120.0
 DEFAULT_WORKERS: Final = 64
@@ -138,23 +143,45 @@ class _Exchange(ExchangeBase):
 
 
 class _Workers:
-    """At most ``size`` daemon threads; :meth:`try_submit` refuses rather than queue."""
+    """At most ``size`` requests carried out at once, on at most ``size`` daemon threads.
 
-    def __init__(self, size: int) -> None:
+    :meth:`try_submit` refuses rather than queue past ``size``. A job may return a
+    connection to *follow*: the thread then waits (``wait``, briefly) for that
+    connection's next request and serves it itself (``serve``, which may return the
+    connection again) if a slot is free and no job is queued; otherwise the
+    connection goes back (``hand_back``) with what arrived. A thread that follows
+    holds no slot: ``busy`` counts requests only, so following never refuses anyone;
+    a queued job waits at most one ``wait`` for a thread.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        wait: Callable[[Any], Any],
+        serve: Callable[[Any, Any], Any],
+        hand_back: Callable[[Any, Any], None],
+        on_free: Callable[[], None],
+    ) -> None:
         self.size = size
-        self.busy = 0
+        self.busy = 0  # requests admitted and not finished (queued or running)
+        self.following = 0  # threads waiting for a followed connection's next request
         self._threads = 0
+        self._wait, self._serve, self._hand_back = wait, serve, hand_back
+        self._on_free = on_free
         self._lock = threading.Condition()
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = (
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = (
             queue.SimpleQueue()
         )
 
-    def try_submit(self, job: Callable[..., None], *args: Any) -> bool:
+    def try_submit(self, job: Callable[..., Any], *args: Any) -> bool:
         with self._lock:
             if self.busy >= self.size:
                 return False
             self.busy += 1
-            if self._threads < self.busy:  # every queued job has a thread to run it
+            # Every queued job has a thread to run it, save those following (they
+            # come back within one ``wait``); never more than ``size`` threads.
+            if self._threads < self.size and self._threads - self.following < self.busy:
                 self._threads += 1
                 threading.Thread(target=self._work, name="sapg-worker", daemon=True).start()
         self._jobs.put((job, args))
@@ -162,17 +189,52 @@ class _Workers:
 
     def wait_idle(self, timeout: float) -> bool:
         with self._lock:
-            return self._lock.wait_for(lambda: self.busy == 0, timeout)
+            return self._lock.wait_for(lambda: self.busy == 0 and self.following == 0, timeout)
+
+    def _release(self) -> None:
+        with self._lock:
+            self.busy -= 1
+            self._lock.notify_all()
+        self._on_free()
 
     def _work(self) -> None:
         while True:
             job, args = self._jobs.get()
             try:
-                job(*args)
+                follow = job(*args)
             finally:
-                with self._lock:
-                    self.busy -= 1
-                    self._lock.notify_all()
+                self._release()
+            while follow is not None:
+                follow = self._follow(follow)
+
+    def _follow(self, conn: Any) -> Any:
+        with self._lock:
+            wanted = not self._jobs.empty()
+            if not wanted:
+                self.following += 1
+        if wanted:  # a request waits for this thread
+            self._hand_back(conn, None)
+            return None
+        try:
+            event = self._wait(conn)
+        finally:
+            with self._lock:
+                self.following -= 1
+                self._lock.notify_all()
+        if event is None:
+            self._hand_back(conn, None)
+            return None
+        with self._lock:
+            admitted = self.busy < self.size and self._jobs.empty()
+            if admitted:
+                self.busy += 1
+        if not admitted:
+            self._hand_back(conn, event)
+            return None
+        try:
+            return self._serve(conn, event)
+        finally:
+            self._release()
 
 
 _Executor = Callable[[_Connection, _Exchange, Any], Event | None]
@@ -196,7 +258,13 @@ class BlockingServer:
         self.limits, self.timeouts, self.outbound = limits, timeouts, outbound
         self.reload = reload
         self.is_draining = False
-        self._workers = _Workers(workers)
+        self._workers = _Workers(
+            workers,
+            wait=self._next_request_soon,
+            serve=self._serve_connection,
+            hand_back=self._hand_back,
+            on_free=self._on_worker_free,
+        )
         self._core_lock = threading.Lock()
         self._connections: set[_Connection] = set()
         self._exchanges = Exchanges()
@@ -204,7 +272,14 @@ class BlockingServer:
         self._reload_requested = False
         self._waker_r, self._waker_w = socket.socketpair()
         self._waker_w.setblocking(False)
-        self._returned: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
+        self._returned: queue.SimpleQueue[tuple[_Connection, HTTPEvent | None]] = (
+            queue.SimpleQueue()
+        )
+        self._rejected: dict[socket.socket, float] = {}  # answered, lingering: when to close
+        # Complete heads waiting (briefly) for a worker: (until when, connection, head).
+        self._waiting: collections.deque[tuple[float, _Connection, RequestHead]] = (
+            collections.deque()
+        )
         self._parked: set[_Connection] = set()  # in the selector (selector thread only)
         self._due: list[tuple[float, int, _Connection]] = []  # their deadlines, a heap
         self._order = itertools.count().__next__
@@ -273,43 +348,66 @@ class BlockingServer:
         listener.setblocking(False)
         selector.register(listener, selectors.EVENT_READ, "accept")
         selector.register(self._waker_r, selectors.EVENT_READ, "wake")
-        rejected: dict[socket.socket, float] = {}
+        rejected = self._rejected
         try:
             while not self._shutdown.is_set():
-                self._select(rejected, listener)
+                self._select(listener)
                 if self._reload_requested:
                     self._reload_requested = False
                     self.reload_config()
             selector.unregister(listener)
             listener.close()
-            self._drain(grace, rejected)
+            self._drain(grace)
         finally:
             for conn in list(self._parked):
                 self._unpark(conn)
                 conn.sock.close()
+            while self._waiting:
+                self._waiting.popleft()[1].sock.close()
             selector.close()
             listener.close()
             for sock in rejected:
                 sock.close()
 
-    def _select(self, rejected: dict[socket.socket, float], listener: socket.socket | None) -> None:
+    def _select(self, listener: socket.socket | None) -> None:
         """One round: wait for sockets or the next deadline, then serve what is ready."""
         now = time.monotonic()
         timeout = _TICK if not self._due else max(0.0, min(_TICK, self._due[0][0] - now))
+        if self._waiting:
+            timeout = max(0.0, min(timeout, self._waiting[0][0] - now))
         for key, _ in self._selector.select(timeout):
             data = key.data
             if isinstance(data, _Connection):
-                self._on_readable(data, rejected)
+                self._on_readable(data)
             elif data == "accept" and listener is not None:
                 self._accept(listener)
             elif data == "wake":
                 with contextlib.suppress(OSError):
                     self._waker_r.recv(4096)
             else:
-                self._linger(key.fileobj, rejected)  # type: ignore[arg-type]
+                self._linger(key.fileobj)  # type: ignore[arg-type]
         self._take_back()
+        self._admit_waiting()
         self._expire_parked()
-        _expire(rejected, self._selector)
+        _expire(self._rejected, self._selector)
+
+    def _admit_waiting(self) -> None:
+        """Give the heads waiting for a worker to the workers freed; refuse those past due."""
+        waiting = self._waiting
+        while waiting and self._workers.try_submit(
+            self._serve_connection, waiting[0][1], waiting[0][2]
+        ):
+            waiting.popleft()
+        now = time.monotonic()
+        while waiting and waiting[0][0] <= now:
+            _, conn, _ = waiting.popleft()
+            logger.warning("server busy (%d workers): refused %s", self._workers.size, conn.peer)
+            self._refuse(conn.sock, SERVER_BUSY_RESPONSE)
+
+    def _on_worker_free(self) -> None:
+        """A worker finished a request (its thread): wake the selector if a head waits."""
+        if self._waiting:
+            self._wake()
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(_ACCEPT_BATCH):
@@ -369,15 +467,18 @@ class BlockingServer:
                 conn.sock.close()
 
     def _take_back(self) -> None:
-        """Park the connections workers finished with (they wait for a next request)."""
+        """Take the connections workers gave back: park them, or dispatch the head they bring."""
         while True:
             try:
-                conn = self._returned.get_nowait()
+                conn, event = self._returned.get_nowait()
             except queue.Empty:
                 return
-            self._park(conn)
+            if event is None:
+                self._park(conn)
+            else:
+                self._dispatch(conn, event)
 
-    def _on_readable(self, conn: _Connection, rejected: dict[socket.socket, float]) -> None:
+    def _on_readable(self, conn: _Connection) -> None:
         try:
             data = conn.sock.recv(_RECEIVE_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -392,25 +493,30 @@ class BlockingServer:
             self._set_deadline(conn)  # a head under way: its deadline from the first byte on
             return
         self._unpark(conn)
+        self._dispatch(conn, event)
+
+    def _dispatch(self, conn: _Connection, event: HTTPEvent) -> None:
+        """A complete head goes to a worker (503 if none is free); a failure is answered."""
         conn.head_due = None
         if isinstance(event, RequestHead):
             conn.sock.setblocking(True)
             conn.timeout = None
             if self.is_draining:
                 conn.http.stop_keep_alive()
-            if self._workers.try_submit(self._serve_connection, conn, event):
+            if not self._waiting and self._workers.try_submit(self._serve_connection, conn, event):
+                return
+            if len(self._waiting) < _MAX_WAITING:  # wait a moment for a worker, in order
+                self._waiting.append((time.monotonic() + _BUSY_WAIT, conn, event))
                 return
             logger.warning("server busy (%d workers): refused %s", self._workers.size, conn.peer)
-            self._refuse(conn.sock, SERVER_BUSY_RESPONSE, rejected)
+            self._refuse(conn.sock, SERVER_BUSY_RESPONSE)
         elif isinstance(event, ProtocolFailure):
             logger.info("protocol failure from %s (%d): %s", conn.peer, event.status, event.detail)
-            self._refuse(conn.sock, event.response_bytes, rejected)
+            self._refuse(conn.sock, event.response_bytes)
         else:  # closed
             conn.sock.close()
 
-    def _refuse(
-        self, sock: socket.socket, answer: bytes, rejected: dict[socket.socket, float]
-    ) -> None:
+    def _refuse(self, sock: socket.socket, answer: bytes) -> None:
         """Send a short final answer without blocking, then linger (see :meth:`run`)."""
         sock.setblocking(False)
         try:
@@ -419,13 +525,13 @@ class BlockingServer:
         except OSError:
             sock.close()
             return
-        if len(rejected) >= _MAX_REJECTED:
+        if len(self._rejected) >= _MAX_REJECTED:
             sock.close()
             return
-        rejected[sock] = time.monotonic() + self.timeouts.linger
+        self._rejected[sock] = time.monotonic() + self.timeouts.linger
         self._selector.register(sock, selectors.EVENT_READ, "linger")
 
-    def _linger(self, sock: socket.socket, rejected: dict[socket.socket, float]) -> None:
+    def _linger(self, sock: socket.socket) -> None:
         try:
             if sock.recv(_RECEIVE_SIZE):
                 return
@@ -434,10 +540,10 @@ class BlockingServer:
         except OSError:
             pass
         self._selector.unregister(sock)
-        rejected.pop(sock, None)
+        self._rejected.pop(sock, None)
         sock.close()
 
-    def _drain(self, grace: float, rejected: dict[socket.socket, float]) -> None:
+    def _drain(self, grace: float) -> None:
         """Close idle connections; let heads under way and requests in flight finish
         within ``grace``."""
         self.is_draining = True
@@ -448,10 +554,10 @@ class BlockingServer:
                 self._unpark(conn)
                 conn.sock.close()
         deadline = time.monotonic() + grace
-        while self._parked or self._workers.busy:
+        while self._parked or self._waiting or self._workers.busy or self._workers.following:
             if time.monotonic() >= deadline:
                 break
-            self._select(rejected, None)
+            self._select(None)
         self._take_back()
         if self._workers.busy:
             logger.warning("grace period over: closing %d connections", self._workers.busy)
@@ -462,11 +568,16 @@ class BlockingServer:
 
     # -- a worker thread: one complete head, then what the connection has buffered --------
 
-    def _serve_connection(self, conn: _Connection, head: RequestHead) -> None:
+    def _serve_connection(self, conn: _Connection, event: HTTPEvent) -> _Connection | None:
+        """Carry out ``event`` (a head), then what the connection has buffered.
+
+        Returns:
+            ``conn`` when it waits for a new request: the worker follows it for a
+            moment (:class:`_Workers`); None when it is closed or given back.
+        """
         self._connections.add(conn)
-        handed_back = False
+        done = False
         try:
-            event: HTTPEvent = head
             while True:
                 if isinstance(event, RequestHead):
                     self._handle_request(conn, event)
@@ -481,22 +592,29 @@ class BlockingServer:
                 if conn.is_broken:
                     break
                 event = conn.http.next_event()
-                if isinstance(event, NeedData):  # waits for more: back to the selector
+                if isinstance(event, NeedData):
+                    done = True
                     self._connections.discard(conn)
-                    handed_back = True
-                    self._returned.put(conn)
-                    self._wake()
-                    return
+                    if conn.http.is_idle and not self.is_draining:
+                        return conn
+                    self._hand_back(conn, None)  # part of the next head: the selector's
+                    return None
         except ClientGone:
             pass
         except Exception:  # the boundary: one broken connection must not stop the server
             logger.exception("connection handler failed")
         finally:
-            if not handed_back:
+            if not done:
                 self._connections.discard(conn)
                 self._close(conn)
                 if self.is_draining:
                     self._wake()  # the selector thread waits for the workers to finish
+        return None
+
+    def _hand_back(self, conn: _Connection, event: HTTPEvent | None) -> None:
+        """Give ``conn`` to the selector thread: to park, or with a head to dispatch."""
+        self._returned.put((conn, event))
+        self._wake()
 
     def _handle_request(self, conn: _Connection, head: RequestHead) -> None:
         exchange = _Exchange(self.serving, head)
@@ -541,6 +659,25 @@ class BlockingServer:
             outcome = executor(conn, exchange, action)
             if outcome is not None:
                 self._exchanges.deliver(exchange, self._handle(exchange, outcome))
+
+    def _next_request_soon(self, conn: _Connection) -> HTTPEvent | None:
+        """What ``conn`` sends within :data:`_KEEP_WINDOW` if it is a whole head (or the
+        end of the connection); None otherwise (part of a head is kept in ``conn.http``).
+
+        A client that sends its next request at once (the usual keep-alive exchange)
+        is then served without a round trip through the selector thread, and no
+        head is ever waited for here beyond the window.
+        """
+        if self.is_draining:
+            return None
+        try:
+            conn.settimeout(_KEEP_WINDOW)
+            data = conn.sock.recv(_RECEIVE_SIZE)
+        except OSError:  # nothing yet (TimeoutError is one), or reset: the selector sees it
+            return None
+        conn.http.receive_data(data)
+        event = conn.http.next_event()
+        return None if isinstance(event, NeedData) else event
 
     # -- executors, one per action type ------------------------------------------------------
 

@@ -42,6 +42,7 @@ class Server:
         self.host = "127.0.0.1"
         self.port = port
         self.lines: list[str] = []
+        self.reader: threading.Thread | None = None  # collects ``lines`` until stderr ends
 
     @property
     def log(self) -> str:
@@ -57,11 +58,14 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout=timeout)
+            code = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
             raise
+        if self.reader is not None:  # every line the process wrote is in ``lines``
+            self.reader.join(5)
+        return code
 
 
 def clean_exit(server: Server) -> int:
@@ -140,7 +144,8 @@ def start(
         if found:
             server = Server(kind, process, int(found.group(1)))
             server.lines = lines
-            threading.Thread(target=_drain, args=(process, lines), daemon=True).start()
+            server.reader = threading.Thread(target=_drain, args=(process, lines), daemon=True)
+            server.reader.start()
             server.config_path = config_path  # type: ignore[attr-defined]
             return server
     process.kill()

@@ -181,6 +181,21 @@ def test_blocking_driver_answers_503_when_its_workers_are_busy(
         assert server.stop() == 0
 
 
+def test_blocking_driver_with_one_worker_serves_requests_one_after_another(
+    upstream: StreamingUpstream, tmp_path: Path
+) -> None:
+    # Each head arrives while the worker may still be finishing the previous request
+    # (its log line, its bookkeeping): it waits a moment for the worker, no 503.
+    server = start("h11", proxy_config(upstream), tmp_path, args=["--workers", "1"])
+    try:
+        clients = [Client(server.connect()) for _ in range(10)]
+        for _ in range(3):
+            assert [client.get("/version")[0] for client in clients] == [200] * 10
+        assert "server busy" not in server.log
+    finally:
+        assert server.stop() == 0
+
+
 def test_the_asgi_app_serves_from_several_uvicorn_workers(
     upstream: StreamingUpstream, tmp_path: Path
 ) -> None:
