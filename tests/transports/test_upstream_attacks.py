@@ -1,4 +1,4 @@
-"""Hostile and broken upstreams behind a real gateway, on the trio, asyncio and blocking drivers.
+"""Hostile and broken upstreams behind a real gateway: trio, asyncio, blocking and ASGI (uvicorn).
 
 Each upstream here is a small raw-socket server that misbehaves on purpose:
 
@@ -31,7 +31,7 @@ from .servers import Client, Server, StreamingUpstream, running
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(90)]
 
-KINDS = ["trio", "asyncio", "h11"]
+KINDS = ["trio", "asyncio", "h11", "asgi"]
 FRESH = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nfresh"
 STOLEN = b"HTTP/1.1 200 OK\r\nSet-Cookie: session=stolen\r\nContent-Length: 6\r\n\r\nstolen"
 
