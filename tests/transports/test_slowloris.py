@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import select
@@ -170,3 +171,24 @@ def test_dribbling_heads_take_no_worker_of_the_blocking_driver(
                 sock.close()
         assert statuses == [200] * 5
         assert "server busy" not in server.log
+
+
+@pytest.mark.parametrize("kind", DRIVERS)
+def test_a_client_that_stops_reading_is_cut_off_at_the_read_timeout(
+    kind: str, upstream: StreamingUpstream, tmp_path: Path
+) -> None:
+    size = 64 << 20  # far more than the socket buffers hold
+    with running(kind, config(upstream), tmp_path, args=["--read-timeout", "1"]) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((server.host, server.port))
+        with sock:
+            sock.sendall(b"GET /proxy/download?size=%d HTTP/1.1\r\nHost: t\r\n\r\n" % size)
+            time.sleep(3)  # never reading: the server's writes stall, past the read timeout
+            assert get_health(server) == 200  # others are served meanwhile
+            received = 0
+            sock.settimeout(10)
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(1 << 20):  # what was buffered, then the end
+                    received += len(chunk)
+        assert 0 < received < size  # the answer was cut off, not resumed
