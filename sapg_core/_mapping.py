@@ -16,7 +16,10 @@ whether or not the mapping resolves to anything (nginx's ``proxy_set_header``
 with an empty value drops the header the same way). So a route that maps
 ``$request.jwt.role`` into ``X-Role`` never forwards the client's own
 ``X-Role: admin`` when the token has no ``role`` (or ``role: null``). The
-original kept the client's value in that case (docs/differences.md).
+original kept the client's value in that case (docs/differences.md). A
+client header whose name differs from a mapped one only by ``_`` for ``-``
+(``X_Role``) goes too: CGI, WSGI and PHP upstreams read both as
+``HTTP_X_ROLE``.
 
 A header value the gateway sets must be one HTTP can carry: Latin-1, and no
 control character other than HTAB (C0 controls and DEL; the original refused
@@ -130,8 +133,8 @@ def apply_mapping(
     """
     out = list(headers)
     if spec.headers:
-        owned = {name.lower() for name, _ in spec.headers}
-        out = [item for item in out if item[0] not in owned]
+        owned = {name.lower().replace("_", "-") for name, _ in spec.headers}
+        out = [item for item in out if item[0].replace("_", "-") not in owned]
     for name, template in spec.headers:
         value = sources.resolve(template)
         if value is None:

@@ -418,3 +418,21 @@ def test_a_service_that_times_out_is_a_warning_and_one_that_raises_is_an_error()
         assert type(actions[-1]).__name__ == "CallService"
         answer = gateway.handle(ActionFailed(request_id=request_id, reason=reason, now=NOW))
         assert _levels(answer) == [level], reason
+
+
+def test_a_header_spelt_with_underscores_is_the_gateways_too() -> None:
+    # CGI/WSGI/PHP upstreams read X_Role and X-Role as one HTTP_X_ROLE.
+    action = _forwarded(
+        _mapped_config(ROLE_MAPPING),
+        "/api/x",
+        [_bearer({**CLAIMS, "role": "reader"}), ("x_role", "admin"), ("x_other", "kept")],
+    )
+    assert _values(action, "x-role") == ["reader"]
+    assert _values(action, "x_role") == []
+    assert _values(action, "x_other") == ["kept"]
+
+
+def test_a_mapped_query_parameter_with_an_escaped_name_is_dropped_too() -> None:
+    mapping = {"query": {"user": "$request.jwt.role"}}
+    action = _forwarded(_mapped_config(mapping), "/api/orders?us%65r=admin&x=1", [_bearer(CLAIMS)])
+    assert action.url == "https://upstream.example.com/base/orders?x=1"
