@@ -57,6 +57,29 @@ def _peer(stream: trio.SocketStream) -> str:
 class TrioServer(AsyncDriver[_Connection]):
     """Serves one gateway on trio listeners; see :func:`serve`."""
 
+    def __init__(
+        self,
+        *,
+        gateway: GatewayLike | Loaded,
+        limits: ServerLimits,
+        timeouts: Timeouts,
+        outbound: Outbound,
+        reload: Reload | None = None,
+        services: ServiceRegistry | None = None,
+        http: str = "httptools",
+    ) -> None:
+        super().__init__(
+            gateway=gateway,
+            limits=limits,
+            timeouts=timeouts,
+            outbound=outbound,
+            reload=reload,
+            services=services,
+            http=http,
+        )
+        # The sweeper's sleep: moving its deadline wakes the sweeper (see _sweeper).
+        self._sweep_scope = trio.CancelScope()
+
     async def run(
         self, listeners: list[trio.SocketListener], shutdown: trio.Event, *, grace: float
     ) -> None:
@@ -82,7 +105,6 @@ class TrioServer(AsyncDriver[_Connection]):
 
     async def _sweeper(self) -> None:
         """Cut off the connections past their deadline; sleep until the next one is due."""
-        self._sweep_scope = trio.CancelScope()
         while True:
             next_wake = self._deadlines.sweep(trio.current_time())
             with trio.CancelScope(deadline=next_wake) as self._sweep_scope:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -38,10 +39,12 @@ from sapg_core import (
     RequestReceived,
     Respond,
     SendHTTP,
+    ServerLimits,
     UpstreamResponded,
 )
 from transports import asyncio_driver, h11_blocking, trio_driver
-from transports._common import ClientBodyError
+from transports._async_driver import Connection, Deadlines
+from transports._common import ClientBodyError, Timeouts
 from transports._outbound import Outbound, SyncOutbound, default_ssl_context
 from transports._serve import check_http
 from transports.asgi import GatewayApp
@@ -433,3 +436,54 @@ def test_the_parser_option_and_the_blocking_driver() -> None:
     )
     assert refused.returncode == 2
     assert "the h11 transport always parses with h11" in refused.stderr
+
+
+# -- deadlines (pure bookkeeping: no clock, no sockets) ----------------------------------
+
+
+def test_deadlines_cut_off_only_connections_past_their_current_deadline() -> None:
+    expired: list[Connection] = []
+    wakes: list[float] = []
+    deadlines = Deadlines(expired.append, wakes.append)
+    a, b, c = (Connection(ServerLimits(), peer, backend="h11") for peer in "abc")
+    deadlines.set(a, 10.0)
+    deadlines.set(b, 5.0)
+    assert wakes == [10.0, 5.0]  # the sweeper is woken only for an earlier time
+    deadlines.set(a, 20.0)  # moved later: nothing to do until 10 s, then re-armed
+    deadlines.set(b, math.inf)  # no deadline (the core works): never cut off
+    deadlines.set(c, 7.0)
+    assert wakes == [10.0, 5.0]
+    assert deadlines.sweep(8.0) == 10.0
+    assert expired == [c] and c.is_expired
+    assert deadlines.sweep(10.0) == 20.0  # a looked at and re-armed at its deadline
+    assert expired == [c]
+    deadlines.set(a, 12.0)  # earlier than armed (20): armed again at 12
+    deadlines.sweep(12.0)
+    assert expired == [c, a]
+    assert deadlines.sweep(20.0) == math.inf  # the entry at 20 was stale: nothing happens
+    assert expired == [c, a]
+
+
+def test_deadlines_forget_closed_connections() -> None:
+    expired: list[Connection] = []
+    deadlines = Deadlines(expired.append, lambda when: None)
+    conns = [Connection(ServerLimits(), str(i), backend="h11") for i in range(3000)]
+    for index, conn in enumerate(conns):
+        deadlines.set(conn, 100.0 + index)
+    for conn in conns[:2500]:
+        deadlines.discard(conn)
+    assert len(deadlines) < 3000  # rebuilt without the closed ones
+    deadlines.sweep(10_000.0)
+    assert expired == conns[2500:]
+
+
+def test_the_body_deadline_is_a_gap_and_a_minimum_rate_after_a_grace() -> None:
+    timeouts = Timeouts(read=30, min_body_rate=1000)
+    assert timeouts.body_deadline(100.0, received=0, waited=0.0) == 130.0
+    # 10 s waited, 5,000 bytes: 30 + 5 - 10 = 25 s of waiting left; the gap rule is 30.
+    assert timeouts.body_deadline(200.0, received=5_000, waited=10.0) == 225.0
+    # 1 byte a second for 40 s: the grace is spent, the rate is far from met.
+    assert timeouts.body_deadline(300.0, received=40, waited=40.0) < 300.0
+    # Fast enough: the gap rule decides.
+    assert timeouts.body_deadline(0.0, received=10**9, waited=5.0) == 30.0
+    assert Timeouts(read=30, min_body_rate=0).body_deadline(0.0, 0, 1000.0) == 30.0
