@@ -185,6 +185,16 @@ HOSTILE = {
                  b"0\r\n\r\n", 400),
     "chunk-no-crlf": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcX"
                       b"\r\n0\r\n\r\n", 400),
+    "chunk-size-space": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+                         b"3 \r\nabc\r\n0\r\n\r\n", 400),
+    "chunk-size-overflow": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+                            b"1\r\na\r\nffffffffffffffffff\r\nabc", 400),
+    "chunk-size-2-64": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+                        b"10000000000000000\r\nabc", 400),
+    "trailer-obs-fold": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+                         b"1\r\na\r\n0\r\nX: a\r\n b\r\n\r\n", 400),
+    "trailer-ctl": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+                    b"0\r\nX: a\x01\r\n\r\n", 400),
     "http09": (b"GET /\r\n\r\n", 400),
     "http12": (b"GET / HTTP/1.2\r\n" + H + b"\r\n", 400),
     "http20": (b"GET / HTTP/2.0\r\n" + H + b"\r\n", 400),
@@ -222,7 +232,17 @@ def test_hostile_requests_agree_on_the_answer(name: str) -> None:
 
 
 SPLIT = ["get-8-headers", "post-chunked", "pipelined-post", "upgrade-with-body", "expect"]
-SPLIT_HOSTILE = ["cl-te", "te-gzip-cl", "obs-fold", "bare-lf", "two-spaces", "cl-absurd"]
+SPLIT_HOSTILE = [
+    "cl-te",
+    "te-gzip-cl",
+    "obs-fold",
+    "bare-lf",
+    "two-spaces",
+    "cl-absurd",
+    "chunk-size-space",
+    "chunk-size-overflow",
+    "trailer-obs-fold",
+]
 
 
 @pytest.mark.parametrize("name", SPLIT)
@@ -314,6 +334,12 @@ values = st.one_of(
                      b"gzip, chunked", b"upgrade", b" x ", b""]),
     st.binary(max_size=10),
 )  # fmt: skip
+chunk_sizes = st.sampled_from(
+    [
+        *(b"%x", b"%X", b"%x;ext=1", b"00%x", b"%x ", b"%x\t", b" %x", b"fffffffffffffffff%x"),
+        *(b"%x;", b'%x;a="q \\" x"', b"%x;a=b;c", b"%x; a", b"%x;a=b,c", b"%x;;a", b"%x;a="),
+    ]
+)
 versions = st.sampled_from([b"HTTP/1.1"] * 6 + [b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0", b"HTP/1.1"])
 
 
@@ -329,7 +355,11 @@ def requests(draw: st.DrawFn) -> bytes:
         fields.append((b"Content-Length", b"%d" % len(body)))
     if framing in ("chunked", "both"):
         fields.append((b"Transfer-Encoding", b"chunked"))
-        body = (b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)) if body else b"0\r\n\r\n"
+        size = draw(chunk_sizes) % len(body) if body else 0
+        trailer = b"".join(
+            n + b": " + v + b"\r\n" for n, v in draw(st.lists(st.tuples(names, values), max_size=2))
+        )
+        body = (size + b"\r\n" + body + b"\r\n" if body else b"") + b"0\r\n" + trailer + b"\r\n"
     if framing == "none":
         body = b""
     head = line + b"".join(n + b": " + v + b"\r\n" for n, v in draw(st.permutations(fields)))
