@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import math
@@ -29,13 +30,16 @@ from sapg_core import (
     PARSER_BACKENDS,
     Action,
     ActionFailed,
+    BodyReceived,
     Event,
     FailureReason,
     ForwardUpstream,
     HTTPResponseReceived,
     Log,
     LogLevel,
+    ReadBody,
     RelayResponse,
+    RequestAborted,
     RequestReceived,
     Respond,
     SendHTTP,
@@ -487,3 +491,45 @@ def test_the_body_deadline_is_a_gap_and_a_minimum_rate_after_a_grace() -> None:
     # Fast enough: the gap rule decides.
     assert timeouts.body_deadline(0.0, received=10**9, waited=5.0) == 30.0
     assert Timeouts(read=30, min_body_rate=0).body_deadline(0.0, 0, 1000.0) == 30.0
+
+
+class BodyReader:
+    """A stand-in core that reads each request's body, and records what it is fed."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def handle(self, event: Event) -> list[Action]:
+        self.events.append(event)
+        if isinstance(event, RequestReceived):
+            return [ReadBody(request_id=event.request_id, limit=10_000)]
+        if isinstance(event, BodyReceived):
+            return [respond(event.request_id, b"%d bytes" % len(event.body))]
+        return []
+
+
+@pytest.mark.parametrize("kind", ["trio", "asyncio", "h11"])
+def test_a_body_cut_off_by_its_deadline_reaches_the_core_as_request_aborted(kind: str) -> None:
+    gateway = BodyReader()
+    timeouts = Timeouts(read=0.5, min_body_rate=50, header=5, idle=5)
+    server = run_in_thread(kind, gateway, timeouts=timeouts)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"POST /read HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+            started = time.monotonic()
+            with contextlib.suppress(OSError):
+                while time.monotonic() - started < 8:  # 10 B/s: every gap under 0.5 s
+                    sock.sendall(b"x")
+                    time.sleep(0.1)
+            assert time.monotonic() - started < 8, "never cut off"
+        deadline = time.monotonic() + 5
+        while not any(isinstance(e, RequestAborted) for e in gateway.events):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        received = next(e for e in gateway.events if isinstance(e, RequestReceived))
+        aborted = next(e for e in gateway.events if isinstance(e, RequestAborted))
+        assert aborted.request_id == received.request_id
+        assert not any(isinstance(e, BodyReceived) for e in gateway.events)
+        assert get(server.port, "/read-nothing")[0] == 200  # GET: an empty body, read at once
+    finally:
+        server.close()
