@@ -641,6 +641,8 @@ class ServerConnection:
         Closing then would make the kernel answer them with a reset that can
         destroy the response (RFC 9112 §9.6), so a driver reads them first.
         """
+        if self._failed:  # what follows a refused request is unknown: assume more comes
+            return not self._eof
         return self._req == _BODY or self._parser.has_buffered()
 
     @property

@@ -448,3 +448,131 @@ def test_response_flags(backend: str) -> None:
     conn.send_end()
     assert conn.is_response_done
     assert conn.is_keep_alive
+
+
+def test_expect_100_continue_answered_before_the_body_closes(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
+    feed(conn, b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    response, body = parse(conn.send_response(401, (), b"no"))
+    assert (response.status_code, body) == (401, b"no")
+    assert header(response, b"connection") == [b"close"]
+    assert not conn.is_keep_alive
+    # Whatever the client sends now (its body, or its next request) is never read as a request.
+    conn.receive_data(GET)
+    assert conn.next_event() == ConnectionClosed()
+
+
+def test_expect_100_continue_sent_then_early_answer_drains(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
+    feed(conn, b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    assert conn.send_continue() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    response, _ = parse(conn.send_response(413, (), b"no"))
+    assert header(response, b"connection") == []  # told to send it, the client sends it
+    got = feed(conn, b"hello" + GET)
+    assert isinstance(got[0], RequestHead)
+    assert got[0].target == "/a?b=1"
+
+
+def test_expect_without_a_body_needs_no_continue(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
+    feed(conn, b"GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n")
+    assert conn.send_continue() == b""
+    response, _ = parse(conn.send_response(200, (), b"x"))
+    assert header(response, b"connection") == []
+    assert conn.is_keep_alive
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (("x-a", "one\r\nx-injected: yes"),),
+        (("x-a", "one\nx-injected: yes"),),
+        (("x-a", "one\rtwo"),),
+        (("x-a", "nul\x00byte"),),
+        (("x-a", "bell\x07"),),
+        (("bad name", "v"),),
+        (("", "v"),),
+        (("x:y", "v"),),
+        (("x\r\ny", "v"),),
+    ],
+)
+def test_writer_refuses_injection_in_headers(headers: tuple[tuple[str, str]], backend: str) -> None:
+    conn = ServerConnection(backend=backend)
+    feed(conn, GET)
+    with pytest.raises(LocalProtocolError):
+        conn.send_response(200, headers, b"x")
+    with pytest.raises(LocalProtocolError):
+        conn.send_head(200, headers)
+    # Nothing went out: a valid answer can still be sent.
+    response, body = parse(conn.send_response(200, (("x-a", "tab\tok"),), b"x"))
+    assert (header(response, b"x-a"), body) == ([b"tab\tok"], b"x")
+
+
+def test_writer_checks_a_name_every_time_not_only_the_first(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
+    feed(conn, GET)
+    conn.send_response(200, (("x-good", "v"),), b"")
+    feed(conn, GET)
+    with pytest.raises(LocalProtocolError):
+        conn.send_response(200, (("x-good", "v\r\n"),), b"")
+
+
+def test_content_length_mismatch_in_a_streamed_response_is_refused(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
+    feed(conn, GET)
+    conn.send_head(200, (("content-length", "3"),))
+    with pytest.raises(LocalProtocolError):
+        conn.send_body(b"four")
+    conn = ServerConnection(backend=backend)
+    feed(conn, GET)
+    conn.send_head(200, (("content-length", "3"),))
+    conn.send_body(b"ab")
+    with pytest.raises(LocalProtocolError):
+        conn.send_end()
+
+
+def test_pipelined_body_then_partial_head_is_not_431(backend: str) -> None:
+    limits = ServerLimits(max_header_bytes=1024)
+    for first in (
+        b"POST /1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3000\r\n\r\n" + b"x" * 3000,
+        b"POST /1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nbb8\r\n"
+        + b"x" * 3000
+        + b"\r\n0\r\n\r\n",
+    ):
+        conn = ServerConnection(limits, backend=backend)
+        conn.receive_data(first + b"GET /2 HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"p" * 500)
+        assert isinstance(conn.next_event(), RequestHead)
+        while conn.next_event() != BodyEnd():
+            pass
+        conn.send_response(200, (), b"")
+        assert events(conn) == [NeedData()]
+        got = feed(conn, b"\r\n\r\n")
+        assert isinstance(got[0], RequestHead)
+        assert got[0].target == "/2"
+
+
+def test_incomplete_head_over_the_limit_after_a_pipelined_request_is_431(backend: str) -> None:
+    conn = ServerConnection(ServerLimits(max_header_bytes=1024), backend=backend)
+    conn.receive_data(GET + b"GET /2 HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"p" * 1100)
+    assert isinstance(conn.next_event(), RequestHead)
+    assert conn.next_event() == BodyEnd()
+    conn.send_response(200, (), b"")
+    got = events(conn)
+    assert isinstance(got[-1], ProtocolFailure)
+    assert got[-1].status == 431
+
+
+def test_a_refused_request_leaves_input_to_drain(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
+    got = feed(
+        conn,
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    assert isinstance(got[0], ProtocolFailure)
+    assert got[0].status == 400
+    assert conn.has_unread_input  # read what the client still sends before closing
+
+
+def test_unknown_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="backend"):
+        ServerConnection(backend="picohttpparser")
