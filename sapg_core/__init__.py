@@ -92,6 +92,7 @@ from ._http import (
     RequestHead as RequestHead,
     ServerConnection as ServerConnection,
     ServerLimits as ServerLimits,
+    render_response as render_response,
 )
 from ._json import JSONValue as JSONValue, dumps as dumps, loads as loads
 from ._jwks import (

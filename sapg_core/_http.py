@@ -80,6 +80,7 @@ __all__ = [
     "RequestHead",
     "ServerConnection",
     "ServerLimits",
+    "render_response",
 ]
 
 #: The request parsers :class:`ServerConnection` can run on: httptools (llhttp,
@@ -189,6 +190,27 @@ def _render_failure(status: int) -> bytes:
 
 
 _FAILURE_BYTES: Final = {status: _render_failure(status) for status in _FAILURES}
+
+
+def render_response(
+    status: int, headers: Headers, body: bytes = b"", *, date: str | None = None
+) -> bytes:
+    """A complete ``Connection: close`` response outside any request cycle, by our writer.
+
+    For what a driver sends before or instead of reading a request (a 503
+    when it is too busy to serve one, say). The caller's framing fields are
+    replaced: ``Content-Length: len(body)`` and ``Connection: close``.
+
+    Raises:
+        LocalProtocolError: a header the writer refuses (see :mod:`sapg_core._wire`).
+    """
+    raw, _, has_date, _ = _caller_headers(headers, True)
+    raw.append((b"content-length", b"%d" % len(body)))
+    if date is not None and not has_date:
+        raw.append((b"date", date.encode("latin-1")))
+    raw.append((b"connection", b"close"))
+    return render_head(status, raw, body)
+
 
 #: The methods llhttp knows (it refuses any other token); h11 is held to the same list.
 _METHODS: Final = frozenset(

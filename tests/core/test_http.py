@@ -18,6 +18,7 @@ from sapg_core._http import (
     RequestHead,
     ServerConnection,
     ServerLimits,
+    render_response,
 )
 from sapg_core._wire import LocalProtocolError
 
@@ -576,3 +577,19 @@ def test_a_refused_request_leaves_input_to_drain(backend: str) -> None:
 def test_unknown_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="backend"):
         ServerConnection(backend="picohttpparser")
+
+
+def test_render_response_outside_a_cycle() -> None:
+    out = render_response(
+        503,
+        (("content-type", "application/json"), ("Content-Length", "99"), ("connection", "x")),
+        b'{"a":1}',
+        date="D",
+    )
+    response, body = parse(out)
+    assert (response.status_code, body) == (503, b'{"a":1}')
+    assert header(response, b"content-length") == [b"7"]
+    assert header(response, b"connection") == [b"close"]
+    assert header(response, b"date") == [b"D"]
+    with pytest.raises(LocalProtocolError):
+        render_response(503, (("x", "a\r\nb"),))
