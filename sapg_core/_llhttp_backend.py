@@ -154,6 +154,12 @@ class LLHTTPParser:
             self._classify.receive_data(data)
             self._judge()
             return
+        while data:  # more than once only after a request llhttp took as an upgrade
+            data = self._parse(data)
+        self._data = b""
+
+    def _parse(self, data: bytes) -> bytes:
+        """Parse one read; return what follows an upgrade request in it (else ``b""``)."""
         self._data = data
         self._began_here = self._completed_here = False
         self._cursor = self._body_start = self._body_now = 0
@@ -162,7 +168,7 @@ class LLHTTPParser:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._upgrade(data, int(exc.args[0]))
+            return self._upgrade(data, int(exc.args[0]))
         except httptools.HttpParserCallbackError as exc:
             refused = exc.__context__
             if isinstance(refused, _Refused):
@@ -174,7 +180,7 @@ class LLHTTPParser:
         else:
             if self._in_head:
                 self._measure(data)
-        self._data = b""
+        return b""
 
     def next(self) -> RawEvent | None:
         """The next raw event, or ``None`` when more bytes are needed."""
@@ -294,7 +300,7 @@ class LLHTTPParser:
                 return b"content-length: " + value.encode("latin-1") + b"\r\n"
         return None
 
-    def _upgrade(self, data: bytes, offset: int) -> None:
+    def _upgrade(self, data: bytes, offset: int) -> bytes:
         # The gateway switches no protocol: read on as HTTP/1.1 (see the module doc).
         self._parser = self._new_parser()
         framing, self._upgrade_body = self._upgrade_body, None
@@ -304,10 +310,7 @@ class LLHTTPParser:
                 self._parser.feed_data(b"PUT / HTTP/1.1\r\nhost: x\r\n" + framing + b"\r\n")
             finally:
                 self._priming = False
-        rest = data[offset:]
-        self._data = b""
-        if rest:
-            self.feed(rest)
+        return data[offset:]
 
     def _where_next(self, *, guess: bool = True) -> int:
         """Where the message after the last complete one begins in this read.

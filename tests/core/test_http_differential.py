@@ -373,3 +373,16 @@ def test_generated_requests_agree(pipeline: list[bytes], data: st.DataObject) ->
     cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=3)))
     chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True) if b > a]
     same(chunks)
+
+
+def test_many_upgrade_requests_in_one_read() -> None:
+    # llhttp stops at each; reading on must not recurse once per request.
+    one = b"CONNECT x:1 HTTP/1.1\r\nHost: x:1\r\n\r\n"
+    conn = ServerConnection(backend="httptools")
+    conn.receive_data(one * 3000)
+    for _ in range(3000):
+        assert isinstance(conn.next_event(), RequestHead)
+        assert conn.next_event() == BodyEnd()
+        conn.send_response(404, (), b"")
+    assert conn.next_event() == NeedData()
+    assert len(same([one * 50])) == 50 * 3 + 1
