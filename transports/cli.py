@@ -22,6 +22,7 @@ from sapg_core import (
     ServerLimits,
     compile_config,
     explain_rank,
+    mask_url,
     parse_config_text,
     split_target,
 )
@@ -79,9 +80,17 @@ def strict_from_env(env: Mapping[str, str]) -> bool:
     return env.get("SAG_STRICT_CONFIG", "").strip().lower() == "true"
 
 
-def _compile(raw: object, source: str, env: Mapping[str, str]) -> CompileResult:
+def _compile(
+    raw: object, source: str, env: Mapping[str, str], *, strict: bool = False
+) -> CompileResult:
+    """Compile ``raw``; ``strict`` turns the findings that could open a route with no word
+    (unknown keys in routes and integrations, empty authorizer fields) into errors.
+
+    Raises:
+        LoadError: the config cannot be used at all.
+    """
     try:
-        result = compile_config(raw, env=env)
+        result = compile_config(raw, env=env, strict=strict)
     except ConfigError as exc:
         raise LoadError(f"{source}: {exc}") from None
     return result
@@ -136,7 +145,7 @@ def cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     loaded = read_config(args.path, env)
     assert loaded is not None
     raw, source = loaded
-    result = _compile(raw, source, env)
+    result = _compile(raw, source, env, strict=args.strict or strict_from_env(env))
     registry, found = load_config_services(result.config, args.path, args.binding)
     registry.close()
     result = CompileResult(config=result.config, diagnostics=(*result.diagnostics, *found))
@@ -160,7 +169,7 @@ def _describe(gateway: Gateway, index: int) -> str:
         target = "static response"
     elif integration.type == "http_proxy":
         server = gateway.config.servers.get(integration.server or "")
-        target = f"http_proxy -> {server.url if server else integration.server}"
+        target = f"http_proxy -> {mask_url(server.url) if server else integration.server}"
     else:
         target = integration.type
     auth = " [auth]" if route.auth else ""
@@ -227,7 +236,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     registries: list[ServiceRegistry] = []  # every one built, closed on exit
 
     def build(raw: object, source: str) -> Loaded:
-        result = _compile(raw, source, env)
+        result = _compile(raw, source, env, strict=strict)
         registry, found = load_config_services(result.config, args.config, args.binding)
         registries.append(registry)
         report_start_up(source, result, found, strict=strict)
@@ -261,7 +270,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if args.config is None:
             raise LoadError("the config did not come from a file (--config): nothing to re-read")
         raw, source = read_config(args.config, env) or (None, "")
-        errors = _compile(raw, source, env).errors
+        errors = _compile(raw, source, env, strict=strict).errors
         if errors:
             raise LoadError(f"{source}: {len(errors)} error(s): " + "; ".join(map(str, errors)))
         return build(raw, source)
@@ -354,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config; exit 1 on errors")
     check.add_argument("path")
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="unknown keys in routes and integrations and authorizer fields that resolve "
+        "to empty are errors, not warnings (also SAG_STRICT_CONFIG=true)",
+    )
     _add_binding_argument(check)
     check.set_defaults(func=cmd_check)
 

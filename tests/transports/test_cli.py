@@ -223,3 +223,42 @@ def test_check_warns_about_bindings_that_were_not_provided(tmp_path: Path) -> No
 def test_routes_normalises_the_path_as_serve_does(tmp_path: Path) -> None:
     path = write(tmp_path, {"paths": [{"method": "GET", "path": "/a/b", "response": {}}]})
     assert sapg("routes", path, "GET", "/a/x/../b?q=1").stdout.startswith("winner: #0 GET /a/b")
+
+
+MISSPELT = {
+    "servers": [{"alias": "up", "url": "http://user:hunter2@127.0.0.1:9/base"}],
+    "paths": [
+        {
+            "method": "GET",
+            "path": "/a",
+            "auht": True,
+            "integration": {"type": "http_proxy", "server": "up"},
+        }
+    ],
+}
+
+
+def test_check_warns_of_an_unknown_route_key_and_refuses_it_under_strict(tmp_path: Path) -> None:
+    path = write(tmp_path, MISSPELT)
+    relaxed = sapg("check", path)
+    assert relaxed.returncode == 0
+    assert "warning: /paths/0/auht" in relaxed.stdout and "'auth'" in relaxed.stdout
+    for strict in (
+        sapg("check", "--strict", path),
+        sapg("check", path, env={"SAG_STRICT_CONFIG": "true"}),
+    ):
+        assert strict.returncode == 1, strict.stdout
+        assert "/paths/0/auht" in strict.stdout and "warning:" not in strict.stdout
+
+
+def test_serve_strict_refuses_an_unknown_route_key(tmp_path: Path) -> None:
+    result = sapg("serve", "--config", write(tmp_path, MISSPELT), "--port", "0", "--strict")
+    assert result.returncode == 1
+    assert "/paths/0/auht" in result.stderr
+
+
+def test_routes_masks_the_password_of_a_server_url(tmp_path: Path) -> None:
+    result = sapg("routes", write(tmp_path, MISSPELT))
+    assert result.returncode == 0
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "http://user:***@127.0.0.1:9/base" in result.stdout
