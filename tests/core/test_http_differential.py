@@ -372,7 +372,8 @@ def test_generated_requests_agree(pipeline: list[bytes], data: st.DataObject) ->
     raw = b"".join(pipeline)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=3)))
     chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True) if b > a]
-    same(chunks)
+    limits = data.draw(st.sampled_from([None, ServerLimits(max_header_bytes=60, max_body_bytes=6)]))
+    same(chunks, limits, eof=data.draw(st.booleans()))
 
 
 def test_many_upgrade_requests_in_one_read() -> None:
