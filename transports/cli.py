@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from sapg_core import (
     CompileResult,
@@ -50,6 +51,23 @@ class StartRefused(LoadError):
     """Strict mode and an invalid config: exit 1."""
 
     exit_code = 1
+
+
+class BindFailed(LoadError):
+    """The listening address cannot be bound (in use, not ours, no such host): exit 1."""
+
+    exit_code = 1
+
+
+def _port(text: str) -> int:
+    """``--port``: 0 (any free port) to 65535; anything else is a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, not {value}")
+    return value
 
 
 def read_config(path: str | None, env: Mapping[str, str]) -> tuple[object, str] | None:
@@ -259,13 +277,6 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         def factory(host: str, port: int) -> Loaded:
             return build(demo_config(f"http://{_url_host(host)}:{port}"), "built-in demo config")
 
-    def on_ready(host: str, port: int) -> None:
-        print(
-            f"sapg: listening on http://{_url_host(host)}:{port} (transport={args.transport})",
-            file=sys.stderr,
-            flush=True,
-        )
-
     def reload() -> Loaded:  # SIGHUP: a config with errors is refused, strict or not
         if args.config is None:
             raise LoadError("the config did not come from a file (--config): nothing to re-read")
@@ -276,17 +287,14 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return build(raw, source)
 
     try:
-        return run_driver(
-            args.transport,
+        return _run_listening(
+            args,
             gateway=None if first is None else first.gateway,
             gateway_factory=factory,
             reload=reload,
-            host=args.host,
-            port=args.port,
             limits=limits,
             timeouts=timeouts_from(args),
             workers=args.workers,
-            on_ready=on_ready,
             grace=args.grace,
             services=None if first is None else first.services,
             http=http,
@@ -295,6 +303,47 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         flush_access_log()  # the lines of the last requests (at exit too: belt and braces)
         for registry in registries:
             registry.close()
+
+
+def _run_listening(args: argparse.Namespace, **driver: Any) -> int:
+    """:func:`run_driver` on ``--host``/``--port``, announcing the address once bound.
+
+    Raises:
+        BindFailed: the address cannot be bound (in use, no such host): one line, exit 1.
+    """
+    ready = False
+
+    def on_ready(host: str, port: int) -> None:
+        nonlocal ready
+        ready = True
+        print(
+            f"sapg: listening on http://{_url_host(host)}:{port} (transport={args.transport})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        return run_driver(
+            args.transport, host=args.host, port=args.port, on_ready=on_ready, **driver
+        )
+    except (OSError, ExceptionGroup) as exc:
+        cause = None if ready else _only_os_error(exc)  # a fault while serving keeps its trace
+        if cause is None:
+            raise
+        address = f"{_url_host(args.host)}:{args.port}"
+        raise BindFailed(f"error: cannot listen on {address}: {cause.strerror or cause}") from None
+
+
+def _only_os_error(exc: BaseException) -> OSError | None:
+    """The first ``OSError`` of ``exc`` if that is all it is (trio's nursery wraps the bind
+    error in an exception group), else None."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        causes = [_only_os_error(inner) for inner in exc.exceptions]
+        if causes and all(cause is not None for cause in causes):
+            return causes[0]
+    return None
 
 
 def _open_recorder(path: str | None) -> TraceRecorder | None:
@@ -324,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON config (default: $SAG_API_CONFIG_JSON, else a built-in demo)",
     )
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    serve.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="0 to 65535; 0 picks a free port"
+    )
     add_server_arguments(serve)  # --transport, timeouts, --max-header-size, --workers, ...
     serve.add_argument(
         "--strict",

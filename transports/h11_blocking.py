@@ -883,7 +883,7 @@ def serve(
     """
     if (gateway is None) == (gateway_factory is None):
         raise TypeError("give exactly one of gateway and gateway_factory")
-    listener = socket.create_server((host, port), backlog=_BACKLOG)
+    listener = _listen(host, port)
     bound_host, bound_port = listener.getsockname()[:2]
     built: GatewayLike | Loaded
     if gateway is None:
@@ -977,6 +977,17 @@ def run(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``'s first address, of its family (``::1`` is IPv6).
+
+    Raises:
+        OSError: ``host`` does not resolve, or the address cannot be bound.
+    """
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    return socket.create_server(address, family=family, backlog=_BACKLOG)
 
 
 class _HardStop(BaseException):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +264,53 @@ def test_routes_masks_the_password_of_a_server_url(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "hunter2" not in result.stdout + result.stderr
     assert "http://user:***@127.0.0.1:9/base" in result.stdout
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.network
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.parametrize("transport", ["trio", "asyncio", "h11"])
+def test_every_transport_serves_on_ipv6_loopback(tmp_path: Path, transport: str) -> None:
+    config = {"paths": [{"method": "GET", "path": "/v6", "response": {"family": 6}}]}
+    gw = start_gateway(
+        ["--transport", transport, "--host", "::1", "--config", write(tmp_path, config)]
+    )
+    try:
+        assert gw.host == "[::1]"
+        conn = http.client.HTTPConnection("::1", gw.port, timeout=10)
+        conn.request("GET", "/v6")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b'{"family":6}')
+        conn.close()
+    finally:
+        assert stop_gateway(gw) == 0
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("transport", ["trio", "asyncio", "h11"])
+def test_a_port_in_use_is_one_line_and_exit_1(transport: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = sapg("serve", "--transport", transport, "--port", str(port))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"sapg: error: cannot listen on 127.0.0.1:{port}: ")
+    assert "in use" in lines[0]
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "65536", "http"])
+def test_a_port_outside_0_to_65535_is_a_usage_error(port: str) -> None:
+    result = sapg("serve", "--port", port)
+    assert result.returncode == 2
+    assert "argument --port" in result.stderr
