@@ -219,7 +219,8 @@ _METHODS: Final = frozenset(
     b"REBIND REPORT SEARCH SOURCE SUBSCRIBE TRACE UNBIND UNLINK UNLOCK UNSUBSCRIBE".split()
 )
 _SPECIAL: Final = frozenset(("content-length", "transfer-encoding", "connection", "host", "expect"))
-_FRAMING: Final = frozenset(("content-length", "transfer-encoding", "connection", "date"))
+#: Response fields the connection writes itself (or must see): the rest pass as given.
+_WATCHED: Final = frozenset(("content-length", "transfer-encoding", "connection", "date"))
 _MAX_CONTENT_LENGTH: Final = 2**63 - 1
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -329,7 +330,7 @@ def _caller_headers(
     has_date = close = False
     for name, value in headers:
         lowered = name.lower()
-        if lowered in _FRAMING:
+        if lowered in _WATCHED:
             if lowered == "transfer-encoding" or (ours and lowered == "content-length"):
                 continue
             if lowered == "content-length":
