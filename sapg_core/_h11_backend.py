@@ -197,6 +197,8 @@ class H11Parser:
             return
         if not data:
             self._eof = True
+        elif self._dead:
+            return  # refused: what a driver drains after that is not kept
         elif self._in_head:
             self._head_raw.append(data)
         elif self._chunks is not None:

@@ -593,3 +593,12 @@ def test_render_response_outside_a_cycle() -> None:
     assert header(response, b"date") == [b"D"]
     with pytest.raises(LocalProtocolError):
         render_response(503, (("x", "a\r\nb"),))
+
+
+def test_input_after_a_refusal_is_not_kept(backend: str) -> None:
+    conn = ServerConnection(backend=backend)
+    assert isinstance(feed(conn, b"GARBAGE\r\n\r\n")[0], ProtocolFailure)
+    for _ in range(100):  # a driver draining before it closes
+        conn.receive_data(b"x" * 65536)
+    assert conn.next_event() == ConnectionClosed()
+    assert not conn._parser.has_buffered()  # nothing of it was kept
