@@ -247,6 +247,8 @@ class AsyncDriver(Generic[ConnT]):
         self.reload = reload
         self.http = http  # the parser backend of new connections (sapg_core.PARSER_BACKENDS)
         self.is_draining = False
+        self._reload_pending = False  # a reload was asked for since the running one read the file
+        self._reloading = False  # a reload is running: the next ask only sets _reload_pending
         self._connections: set[ConnT] = set()
         self._deadlines = Deadlines(self._expire, self._wake_sweeper)
         self._exchanges = Exchanges()
@@ -347,16 +349,35 @@ class AsyncDriver(Generic[ConnT]):
 
         Requests in flight finish on the gateway they started on. If the new
         config is refused, the old gateway keeps serving (the log says why).
+
+        One reload at a time, coalesced: a call while a reload runs only asks for one
+        more pass, which the running call makes once its pass is done, so the file as
+        it is after the last ask is the one that serves, and a storm of asks costs two
+        compiles. The compile runs in a worker thread; the loop keeps serving.
+
+        Returns:
+            Whether this call applied a new config (False also when it only asked the
+            running call for another pass).
         """
         if self.reload is None:
             logger.warning("reload asked for, but this server has no config file to re-read")
             return False
-        gateway = await anyio.to_thread.run_sync(try_reload, self.reload)
-        if gateway is None:
+        self._reload_pending = True
+        if self._reloading:
             return False
-        # One assignment: each new request sees the old pair or the new, whole.
-        self.serving = as_loaded(gateway, self.serving.services)
-        return True
+        self._reloading = True
+        applied = False
+        try:
+            while self._reload_pending:
+                self._reload_pending = False
+                gateway = await anyio.to_thread.run_sync(try_reload, self.reload)
+                if gateway is not None:
+                    # One assignment: each new request sees the old pair or the new, whole.
+                    self.serving = as_loaded(gateway, self.serving.services)
+                    applied = True
+        finally:
+            self._reloading = False
+        return applied
 
     # -- one connection, one request at a time ---------------------------------------------
 

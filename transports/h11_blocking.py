@@ -270,6 +270,7 @@ class BlockingServer:
         self._exchanges = Exchanges()
         self._shutdown = threading.Event()
         self._reload_requested = False
+        self._reloading = False  # a reload thread runs (the selector thread starts them)
         self._waker_r, self._waker_w = socket.socketpair()
         self._waker_w.setblocking(False)
         self._returned: queue.SimpleQueue[tuple[_Connection, HTTPEvent | None]] = (
@@ -320,6 +321,22 @@ class BlockingServer:
         with contextlib.suppress(OSError):
             self._waker_w.send(b"\0")
 
+    def _start_reload(self) -> None:
+        """Run :meth:`reload_config` in a thread of its own (the selector thread keeps
+        serving), one at a time: an ask during it leaves ``_reload_requested`` set, and the
+        selector starts one more when this one is done (it wakes the selector)."""
+        self._reload_requested = False
+        self._reloading = True
+
+        def reload_then_wake() -> None:
+            try:
+                self.reload_config()
+            finally:
+                self._reloading = False
+                self._wake()
+
+        threading.Thread(target=reload_then_wake, name="sapg-reload", daemon=True).start()
+
     def reload_config(self) -> bool:
         """Serve new requests with a gateway built from the config as it is now.
 
@@ -352,9 +369,8 @@ class BlockingServer:
         try:
             while not self._shutdown.is_set():
                 self._select(listener)
-                if self._reload_requested:
-                    self._reload_requested = False
-                    self.reload_config()
+                if self._reload_requested and not self._reloading:
+                    self._start_reload()
             selector.unregister(listener)
             listener.close()
             self._drain(grace)

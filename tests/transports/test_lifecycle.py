@@ -118,6 +118,108 @@ def test_sighup_reloads_the_config_and_refuses_a_broken_one(
             server.process.wait(10)
 
 
+def padded_config(upstream: StreamingUpstream, version: int, routes: int) -> dict[str, object]:
+    """``proxy_config`` with ``routes`` more static routes: a config that takes a while
+    (about 0.15 s per 3000 routes) to compile."""
+    config = proxy_config(upstream, version)
+    extra = [{"method": "GET", "path": f"/r{i}/{{id}}", "response": {}} for i in range(routes)]
+    config["paths"] = [*config["paths"], *extra]  # type: ignore[misc]
+    return config
+
+
+@pytest.mark.parametrize("kind", DRIVERS)
+def test_two_quick_reloads_end_on_the_newer_config(
+    kind: str, upstream: StreamingUpstream, tmp_path: Path
+) -> None:
+    """v1 (slow to compile) then v2 (fast), SIGHUP after each: v2 serves, in every trial.
+
+    Two reloads running at once finished in the order their compiles did, so the
+    older, slower file could win.
+    """
+    server = start(kind, proxy_config(upstream, 0), tmp_path)
+    config_path: Path = server.config_path  # type: ignore[attr-defined]
+    try:
+        for trial in range(3):
+            older, newer = 10 * trial + 1, 10 * trial + 2
+            config_path.write_text(json.dumps(padded_config(upstream, older, 6000)))
+            server.signal(signal.SIGHUP)
+            time.sleep(0.05)  # the first reload is compiling
+            config_path.write_text(json.dumps(proxy_config(upstream, newer)))
+            server.signal(signal.SIGHUP)
+            expected = (200, json.dumps({"version": newer}, separators=(",", ":")).encode())
+            _wait_until(lambda expected=expected: get(server, "/version") == expected)
+            time.sleep(1.5)  # every reload asked for is done (each takes well under that)
+            assert get(server, "/version") == expected, (trial, server.log)
+        assert server.stop() == 0
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(10)
+
+
+@pytest.mark.parametrize("kind", DRIVERS)
+def test_a_storm_of_30_sighups_keeps_serving_and_ends_on_the_last_config(
+    kind: str, upstream: StreamingUpstream, tmp_path: Path
+) -> None:
+    """30 SIGHUPs, each after a new file: requests are answered all along (each within
+    a few seconds: a loop that compiles the configs itself, or 30 at once, stalls for
+    longer), and the last file serves."""
+    server = start(kind, proxy_config(upstream, 0), tmp_path)
+    config_path: Path = server.config_path  # type: ignore[attr-defined]
+    stop = threading.Event()
+    answered: list[int] = []
+
+    def keep_asking() -> None:
+        while not stop.is_set():
+            status, _ = get(server, "/version", timeout=5)  # a stalled loop raises here
+            answered.append(status)
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            asking = pool.submit(keep_asking)
+            for version in range(1, 31):
+                config_path.write_text(json.dumps(padded_config(upstream, version, 3000)))
+                server.signal(signal.SIGHUP)
+                time.sleep(0.01)
+            _wait_until(lambda: get(server, "/version") == (200, b'{"version":30}'), 30)
+            stop.set()
+            asking.result(timeout=30)
+        assert answered and set(answered) == {200}
+        time.sleep(1.0)
+        assert get(server, "/version") == (200, b'{"version":30}')
+        reloads = server.log.count("config reloaded")
+        assert 1 <= reloads < 15, server.log  # coalesced: not one compile per SIGHUP
+        assert get(server, "/r2999/x")[0] == 200
+        assert server.stop() == 0
+    finally:
+        stop.set()
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(10)
+
+
+@pytest.mark.parametrize("kind", DRIVERS)
+def test_a_request_during_a_slow_reload_is_answered_by_the_old_config(
+    kind: str, upstream: StreamingUpstream, tmp_path: Path
+) -> None:
+    """The compile runs off the serving loop: a request sent while a big config compiles
+    is answered at once, by the config that serves until the new one is ready."""
+    server = start(kind, proxy_config(upstream, 0), tmp_path)
+    config_path: Path = server.config_path  # type: ignore[attr-defined]
+    try:
+        config_path.write_text(json.dumps(padded_config(upstream, 1, 40000)))
+        server.signal(signal.SIGHUP)
+        time.sleep(0.2)  # the compile (seconds) has started
+        assert get(server, "/version") == (200, b'{"version":0}')
+        assert "config reloaded" not in server.log
+        _wait_until(lambda: get(server, "/version") == (200, b'{"version":1}'), 60)
+        assert server.stop() == 0
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(10)
+
+
 def _wait_until(condition: object, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
