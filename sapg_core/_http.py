@@ -212,12 +212,6 @@ def render_response(
     return render_head(status, raw, body)
 
 
-#: The methods llhttp knows (it refuses any other token); h11 is held to the same list.
-_METHODS: Final = frozenset(
-    b"ACL BIND CHECKOUT CONNECT COPY DELETE GET HEAD LINK LOCK M-SEARCH MERGE MKACTIVITY "
-    b"MKCALENDAR MKCOL MOVE NOTIFY OPTIONS PATCH POST PROPFIND PROPPATCH PURGE PUT QUERY "
-    b"REBIND REPORT SEARCH SOURCE SUBSCRIBE TRACE UNBIND UNLINK UNLOCK UNSUBSCRIBE".split()
-)
 _SPECIAL: Final = frozenset(("content-length", "transfer-encoding", "connection", "host", "expect"))
 #: Response fields the connection writes itself (or must see): the rest pass as given.
 _WATCHED: Final = frozenset(("content-length", "transfer-encoding", "connection", "date"))
@@ -462,8 +456,6 @@ class ServerConnection:
         if not http10 and version != "1.1":
             return self._fail(400, f"HTTP/{version} is not served")
         method = head.method
-        if method not in _METHODS:
-            return self._fail(400, "unknown method")
         size = head.size
         content_length, status, detail = _declared_length(http10, length, lengths, chunked)
         # The parsers bound only an *incomplete* head; one that arrives whole is measured here.

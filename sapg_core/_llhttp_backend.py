@@ -24,6 +24,16 @@ upgrade``) is not switched: the gateway answers it like any other, so a new
 parser takes the bytes after its head, primed with a head of the same body
 framing when the request has a body.
 
+llhttp knows only the methods of its own table (and only in upper case),
+while HTTP lets a method be any token and the original gateway routes
+whatever method it is sent (``patch`` and ``INVALID`` reach the router and
+answer 404, or match an ``ANY`` route). So a method llhttp refuses hands the
+connection over to the h11 backend from that request on: the bytes of the
+refused head are fed to an :class:`~sapg_core._h11_backend.H11Parser`, which
+gives the same events h11 would have given from the start, and every later
+call goes to it. Clients that send such methods are rare; everyone else
+stays on llhttp.
+
 llhttp bounds nothing, so an incomplete head is measured here: the bytes fed
 since it began (the read that began it counted from where the previous
 message ended), 431 once over the limit.
@@ -38,6 +48,7 @@ from typing import Final
 import h11
 import httptools
 
+from ._h11_backend import H11Parser
 from ._wire import END, EOF, RawEvent, RawFailure, RawHead
 
 __all__ = ["LLHTTPParser"]
@@ -124,6 +135,8 @@ class LLHTTPParser:
         self._classify: h11.Connection | None = None
         self._eof = False
         self._dead = False
+        self._h11: H11Parser | None = None  # after a method llhttp does not know
+        self._h11_started = False  # its first request is being handed out
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -145,6 +158,9 @@ class LLHTTPParser:
 
     def feed(self, data: bytes) -> None:
         """Parse bytes from the socket now; ``b""`` is the client's end of input."""
+        if self._h11 is not None:
+            self._h11.feed(data)
+            return
         if self._eof or self._dead:
             return
         if not data:
@@ -169,6 +185,8 @@ class LLHTTPParser:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             return self._upgrade(data, int(exc.args[0]))
+        except httptools.HttpParserInvalidMethodError:
+            self._hand_over(data)
         except httptools.HttpParserCallbackError as exc:
             refused = exc.__context__
             if isinstance(refused, _Refused):
@@ -186,6 +204,9 @@ class LLHTTPParser:
         """The next raw event, or ``None`` when more bytes are needed."""
         if self._events:
             return self._events.popleft()
+        if self._h11 is not None:
+            self._h11_started = True
+            return self._h11.next()
         if self._eof and not self._dead:
             self._dead = True
             if self._in_head or self._in_body or self._held or self._classify:
@@ -194,10 +215,18 @@ class LLHTTPParser:
         return None
 
     def next_cycle(self) -> None:
-        """Nothing to do: llhttp has parsed ahead, and the deque keeps the order."""
+        """Nothing to do for llhttp: it has parsed ahead, and the deque keeps the order.
+
+        After a hand-over, h11 starts its next cycle once its own first request
+        has been handed out (the requests parsed by llhttp before it come first).
+        """
+        if self._h11 is not None and self._h11_started:
+            self._h11.next_cycle()
 
     def has_buffered(self) -> bool:
         """Whether events wait in the deque or a request is partly parsed."""
+        if self._h11 is not None and (self._h11_started or not self._events):
+            return bool(self._events) or self._h11.has_buffered()
         return bool(self._events or self._in_head or self._in_body or self._held or self._classify)
 
     # -- llhttp's callbacks ----------------------------------------------------
@@ -357,6 +386,22 @@ class LLHTTPParser:
         if self._max and self._partial > self._max:
             self._fail(431, f"incomplete request head of {self._partial} bytes is over the limit")
 
+    def _head_so_far(self, data: bytes) -> bytes:
+        """The bytes of the head llhttp is reading, from its first byte to the end of ``data``."""
+        if self._began_here:
+            return data[self._where_next() if self._completed_here else 0 :]
+        return b"".join(self._held) + data
+
+    def _hand_over(self, data: bytes) -> None:
+        """A method llhttp does not know: h11 reads this request and every later one."""
+        head = self._head_so_far(data)
+        self._held = []
+        self._in_head = self._in_body = False
+        self._h11 = H11Parser(self._max)
+        self._h11.feed(head)
+        if self._eof:  # pragma: no cover - an end of input stops feeding before this
+            self._h11.feed(b"")
+
     def _refuse(self, data: bytes, reason: str) -> None:
         """llhttp refused: in a body that is 400; in a head, h11's verdict on the same bytes."""
         events = self._events
@@ -367,10 +412,8 @@ class LLHTTPParser:
         elif self._in_body or reason == _CONNECTION_CLOSE_REASON:
             self._fail(400, reason)
             return
-        elif self._began_here:
-            head = data[self._where_next() if self._completed_here else 0 :]
         else:
-            head = b"".join(self._held) + data
+            head = self._head_so_far(data)
         self._held = []
         self._in_head = self._in_body = False
         self._classify = h11.Connection(

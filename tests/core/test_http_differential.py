@@ -132,6 +132,21 @@ VALID = {
     b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\nGET /next HTTP/1.1\r\n" + H + b"\r\n",
     "connect": b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\nGET /next HTTP/1.1\r\n" + H + b"\r\n",
     "custom-known-method": b"PURGE /x HTTP/1.1\r\n" + H + b"\r\n",
+    # Any token is a method (RFC 9110 §9.1), as the original routes it: llhttp
+    # knows only its own table, so these go through the hand-over to h11.
+    "lower-method": b"get / HTTP/1.1\r\n" + H + b"\r\n",
+    "unknown-method": b"FOO / HTTP/1.1\r\n" + H + b"\r\n",
+    "token-method": b"FO!O /x HTTP/1.1\r\n" + H + b"\r\n",
+    "unknown-method-with-body": b"INVALID /x HTTP/1.1\r\n" + H + b"content-length: 3\r\n\r\nabc",
+    "pipelined-then-unknown": b"GET /a HTTP/1.1\r\n"
+    + H
+    + b"\r\n"
+    + b"FOO /b HTTP/1.1\r\n"
+    + H
+    + b"content-length: 2\r\n\r\nhi"
+    + b"GET /c HTTP/1.1\r\n"
+    + H
+    + b"\r\n",
 }
 
 #: Hostile shapes and the one answer both backends must give.
@@ -201,9 +216,7 @@ HOSTILE = {
     "http1": (b"GET / HTTP/1\r\n" + H + b"\r\n", 400),
     "no-host": (b"GET / HTTP/1.1\r\n\r\n", 400),
     "two-hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
-    "lower-method": (b"get / HTTP/1.1\r\n" + H + b"\r\n", 400),
-    "unknown-method": (b"FOO / HTTP/1.1\r\n" + H + b"\r\n", 400),
-    "method-not-token": (b"FO!O / HTTP/1.1\r\n" + H + b"\r\n", 400),
+    "method-not-token": (b"FO(O / HTTP/1.1\r\n" + H + b"\r\n", 400),
     "target-space": (b"GET /a b HTTP/1.1\r\n" + H + b"\r\n", 400),
     "target-ctl": (b"GET /a\x01b HTTP/1.1\r\n" + H + b"\r\n", 400),
     "target-8bit": (b"GET /a\xffb HTTP/1.1\r\n" + H + b"\r\n", 400),
