@@ -325,6 +325,7 @@ class UpstreamBody:
         self._upstream = upstream
         self._read_timeout = read_timeout
         self._first = first
+        self._error: OutboundError | None = None  # found by take_ready, raised by iteration
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
@@ -333,10 +334,35 @@ class UpstreamBody:
         if self._first:
             data, self._first = self._first, b""
             return data
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         chunk = await self._next()
         if chunk is None:
             raise StopAsyncIteration
         return chunk
+
+    def take_ready(self) -> tuple[bytes, bool]:
+        """The body bytes received already, taken without waiting, and whether they are the
+        whole body (the connection then goes back to the pool).
+
+        A small answer usually comes with its head: the relay sends head, body and end in
+        one write. A fault in the bytes parsed here is left for the iteration to raise.
+        """
+        first, self._first = self._first, b""
+        upstream = self._upstream
+        if upstream is None:
+            return first, True
+        try:
+            data, end = _ready(upstream.client)
+        except UpstreamProtocolError as exc:  # the iteration raises it, after ``first``
+            self._finish(reusable=False)
+            self._error = OutboundError(FailureReason.RESET, exc.detail)
+            return first, False
+        if end is not None:
+            self._finish(reusable=end.reusable)
+            return first + data, True
+        return (first + data if first else data), False
 
     async def _next(self) -> bytes | None:
         upstream = self._upstream
@@ -736,14 +762,36 @@ class SyncUpstreamBody:
         self._upstream = upstream
         self._read_timeout = read_timeout
         self._first = first
+        self._error: OutboundError | None = None  # found by take_ready, raised by iteration
 
     def __iter__(self) -> Iterator[bytes]:
         return self
+
+    def take_ready(self) -> tuple[bytes, bool]:
+        """As :meth:`UpstreamBody.take_ready`: the bytes received already, and whether
+        they are the whole body."""
+        first, self._first = self._first, b""
+        upstream = self._upstream
+        if upstream is None:
+            return first, True
+        try:
+            data, end = _ready(upstream.client)
+        except UpstreamProtocolError as exc:  # the iteration raises it, after ``first``
+            self._finish(reusable=False)
+            self._error = OutboundError(FailureReason.RESET, exc.detail)
+            return first, False
+        if end is not None:
+            self._finish(reusable=end.reusable)
+            return first + data, True
+        return (first + data if first else data), False
 
     def __next__(self) -> bytes:
         if self._first:
             data, self._first = self._first, b""
             return data
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         chunk = self._next()
         if chunk is None:
             raise StopIteration

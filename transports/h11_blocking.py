@@ -730,7 +730,14 @@ class BlockingServer:
         if upstream is None:
             raise RuntimeError(f"request {exchange.request_id}: RelayResponse without an upstream")
         date = http_date(time.time())
-        self._send(conn, conn.http.send_head(action.status, action.headers, date=date))
+        out = conn.http.send_head(action.status, action.headers, date=date)
+        ready, complete = upstream.take_ready()  # a small answer: head, body and end at once
+        if ready:
+            out += conn.http.send_body(ready)
+        if complete:
+            self._send(conn, out + conn.http.send_end())
+            return
+        self._send(conn, out)
         try:
             for chunk in upstream:
                 self._send(conn, conn.http.send_body(chunk))

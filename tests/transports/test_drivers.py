@@ -47,7 +47,7 @@ from sapg_core import (
     UpstreamResponded,
 )
 from transports import asyncio_driver, h11_blocking, trio_driver
-from transports._async_driver import Connection, Deadlines
+from transports._async_driver import AsyncDriver, Connection, Deadlines
 from transports._common import ClientBodyError, Timeouts
 from transports._outbound import Outbound, SyncOutbound, default_ssl_context
 from transports._serve import check_http
@@ -533,3 +533,71 @@ def test_a_body_cut_off_by_its_deadline_reaches_the_core_as_request_aborted(kind
         assert get(server.port, "/read-nothing")[0] == 200  # GET: an empty body, read at once
     finally:
         server.close()
+
+
+class OneWriteUpstream:
+    """An upstream that answers every request with one ``sendall`` of head and body."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            buffered = b""
+            while True:
+                while b"\r\n\r\n" not in buffered:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffered += data
+                _, _, buffered = buffered.partition(b"\r\n\r\n")
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.body)
+                conn.sendall(head + self.body)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("kind", ["trio", "asyncio", "h11"])
+def test_a_small_proxied_answer_goes_out_in_one_write(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Head, body and end of a small relayed answer are one write to the client, when the
+    upstream's answer came in one piece (it did, ``take_ready`` saw the end)."""
+    writes: list[bytes] = []
+    if kind == "h11":
+        real_sync = h11_blocking.BlockingServer._send
+
+        def counting_sync(self: Any, conn: Any, data: bytes) -> None:
+            writes.extend([data] if data else [])  # an empty write sends nothing
+            real_sync(self, conn, data)
+
+        monkeypatch.setattr(h11_blocking.BlockingServer, "_send", counting_sync)
+    else:
+        real_async = AsyncDriver._send
+
+        async def counting_async(self: Any, conn: Any, data: bytes) -> None:
+            writes.extend([data] if data else [])  # an empty write sends nothing
+            await real_async(self, conn, data)
+
+        monkeypatch.setattr(AsyncDriver, "_send", counting_async)
+    upstream = OneWriteUpstream(b'{"small":true}')
+    server = run_in_thread(kind, Relay(upstream.url))
+    try:
+        for _ in range(3):
+            writes.clear()
+            assert get(server.port, "/x") == (200, b'{"small":true}')
+            assert len(writes) == 1, writes
+            assert writes[0].startswith(b"HTTP/1.1 200 ") and writes[0].endswith(b'{"small":true}')
+    finally:
+        server.close()
+        upstream.close()
