@@ -116,7 +116,14 @@ class ReadBody(Action):
 
 @attrs.frozen(kw_only=True)
 class SendHTTP(Action):
-    """Make one buffered outbound HTTP call (Auth0, Supabase and the like)."""
+    """Make one buffered outbound HTTP call (Auth0, Supabase and the like).
+
+    ``max_body`` caps the answer's body: a transport stops reading past it and answers
+    :class:`ActionFailed` (``RESET``, "answer larger than N bytes"), which each caller
+    maps to its provider's unreachable answer. The core decides it because the core knows
+    what it asked for (a JWKS, a token answer: small JSON) and because every transport,
+    and a trace's replay, then apply the same bound.
+    """
 
     request_id: int
     method: str
@@ -124,6 +131,7 @@ class SendHTTP(Action):
     headers: Headers
     body: bytes = b""
     timeout: float = 10.0
+    max_body: int = 4 * 1024 * 1024
 
 
 class LogLevel(enum.IntEnum):

@@ -47,6 +47,7 @@ from sapg_core import (
     ConnectionPool,
     FailureReason,
     ForwardUpstream,
+    Headers,
     HTTPResponseReceived,
     Open,
     Origin,
@@ -95,8 +96,6 @@ __all__ = [
 
 #: Environment variable: connections per upstream origin at most (default 100).
 PER_ORIGIN_ENV: Final = "SAPG_UPSTREAM_CONNECTIONS_PER_ORIGIN"
-#: A buffered ``SendHTTP`` answer larger than this fails (RESET): they are small JSON.
-MAX_BUFFERED_RESPONSE: Final = 16 * 1024 * 1024
 
 #: What can go wrong on a socket, on every network backend.
 _IO_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, EOFError)
@@ -283,6 +282,20 @@ def _ready(client: ClientConnection) -> tuple[bytes, ResponseEnd | None]:
             return b"".join(chunks), event
         else:
             return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), None
+
+
+def _declared_length(headers: Headers) -> int:
+    """The answer's ``Content-Length`` (the parser checked it), or -1 without one."""
+    for name, value in headers:
+        if name.lower() == "content-length":
+            return int(value)
+    return -1
+
+
+def _too_large(action: SendHTTP) -> ActionFailed:
+    """A buffered answer over ``action.max_body``: the caller's "provider unreachable"."""
+    detail = f"answer larger than {action.max_body} bytes"
+    return _failed(action.request_id, FailureReason.RESET, detail)
 
 
 def _responded(request_id: int, head: ResponseHead) -> UpstreamResponded:
@@ -494,13 +507,16 @@ class Outbound:
         head, upstream, first = result
         stream = UpstreamBody(self, upstream, request.read_timeout, first)
         chunks: list[bytes] = []
-        size = 0
+        size, limit = 0, action.max_body
+        if _declared_length(head.headers) > limit:  # refused before a byte of it is read
+            await stream.aclose()
+            return _too_large(action)
         try:
             async for chunk in stream:
                 size += len(chunk)
-                if size > MAX_BUFFERED_RESPONSE:
+                if size > limit:
                     await stream.aclose()
-                    return _failed(action.request_id, FailureReason.RESET, "answer too large")
+                    return _too_large(action)
                 chunks.append(chunk)
         except OutboundError as exc:
             return _failed(action.request_id, exc.reason, exc.detail)
@@ -909,13 +925,16 @@ class SyncOutbound:
         head, upstream, first = result
         stream = SyncUpstreamBody(self, upstream, request.read_timeout, first)
         chunks: list[bytes] = []
-        size = 0
+        size, limit = 0, action.max_body
+        if _declared_length(head.headers) > limit:  # refused before a byte of it is read
+            stream.close()
+            return _too_large(action)
         try:
             for chunk in stream:
                 size += len(chunk)
-                if size > MAX_BUFFERED_RESPONSE:
+                if size > limit:
                     stream.close()
-                    return _failed(action.request_id, FailureReason.RESET, "answer too large")
+                    return _too_large(action)
                 chunks.append(chunk)
         except OutboundError as exc:
             return _failed(action.request_id, exc.reason, exc.detail)

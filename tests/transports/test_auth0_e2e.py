@@ -33,6 +33,7 @@ import trustme
 from tests.core.auth0_keys import SigningKey, ec_key, rsa_key
 
 from .conftest import Gateway, free_port
+from .servers import vm_hwm_kib
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
@@ -41,6 +42,7 @@ CLIENT_SECRET = "s3cret-client-secret"
 REDIRECT_URI = "https://app.example.test/callback"
 LOGIN_COOKIE = "__Host-sapg-auth0-login"
 JWKS_PATH = "/.well-known/jwks.json"
+HUGE = 20 * 1024 * 1024  # an identity provider's answer far past the 4 MiB cap
 
 
 def s256(text: str) -> str:
@@ -125,6 +127,8 @@ class FakeAuth0:
             time.sleep(failure[1])
         if failure == "500":
             return self.send(handler, 500, b"upstream exploded", "text/plain")
+        if failure in ("huge", "huge-chunked"):
+            return self.send_huge(handler, chunked=failure == "huge-chunked")
         if path == JWKS_PATH:
             time.sleep(self.jwks_delay)
             keys = {"keys": [key.jwk() for key in self.keys]}
@@ -155,6 +159,28 @@ class FakeAuth0:
             handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(body)
+
+    def send_huge(self, handler: http.server.BaseHTTPRequestHandler, *, chunked: bool) -> None:
+        """A 20 MB JSON answer, written 64 KiB at a time (declared, or chunked)."""
+        piece = b" " * 65536
+        count = HUGE // len(piece)
+        handler.send_response(200)
+        handler.send_header("content-type", "application/json")
+        if chunked:
+            handler.send_header("transfer-encoding", "chunked")
+        else:
+            handler.send_header("content-length", str(2 + count * len(piece)))
+        handler.end_headers()
+        frame = (lambda data: b"%x\r\n%s\r\n" % (len(data), data)) if chunked else bytes
+        try:
+            handler.wfile.write(frame(b"{"))
+            for _ in range(count):
+                handler.wfile.write(frame(piece))
+            handler.wfile.write(frame(b"}"))
+            if chunked:
+                handler.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the gateway stopped reading, as it should
+            handler.close_connection = True
 
     def authorize(self, handler: http.server.BaseHTTPRequestHandler) -> None:
         query = dict(parse_qsl(urlsplit(handler.path).query))
@@ -594,3 +620,41 @@ def test_auth0_too_slow(gateway: Gateway, auth0: FakeAuth0) -> None:
             {"error": "Auth0 userinfo request failed", "code": NETWORK},
         )
     assert 9.5 < time.monotonic() - started < 14
+
+
+@pytest.mark.parametrize("failure", ["huge", "huge-chunked"])
+def test_oversized_answers_from_auth0_are_its_unreachable_answers_in_bounded_memory(
+    gateway: Gateway, auth0: FakeAuth0, failure: str
+) -> None:
+    """A 20 MB JWKS, token or userinfo answer is read to the 4 MiB cap at most, then answered
+    as Auth0 unreachable; the gateway's peak memory grows by less than the answer."""
+    token = auth0.keys[0].token(claims(auth0))
+    assert gateway.request("GET", "/login")[0] == 302  # warm: imports, pools, TLS
+    before = vm_hwm_kib(gateway.process.pid)
+    auth0.failures = {JWKS_PATH: failure, "/oauth/token": failure, "/userinfo": failure}
+    for _ in range(3):
+        status, _, body = gateway.request(
+            "GET", "/private", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert (status, json_of(body)) == (
+            401,
+            {"error": "JWT verification failed", "code": "AUTH_ERROR"},
+        )
+        status, _, body = gateway.request("GET", "/callback?code=x")
+        assert (status, json_of(body)) == (
+            502,
+            {"error": "Auth0 token exchange request failed", "code": NETWORK},
+        )
+        status, _, body = gateway.request("GET", "/userinfo", headers={"X-Access-Token": "t"})
+        assert (status, json_of(body)) == (
+            502,
+            {"error": "Auth0 userinfo request failed", "code": NETWORK},
+        )
+    grown_mib = (vm_hwm_kib(gateway.process.pid) - before) / 1024
+    assert grown_mib < 12, f"peak memory grew {grown_mib:.1f} MiB for a 20 MiB answer"
+    assert any("answer larger than 4194304 bytes" in line for line in gateway.stderr_lines)
+    auth0.failures = {}
+    status, _, body = gateway.request(
+        "GET", "/private", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert status == 200  # a sane answer afterwards is used: the failure was not cached
