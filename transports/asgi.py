@@ -10,17 +10,32 @@ shape and method names as the others: each ``http`` scope becomes a
 the executor for its type and its outcome is fed back. Request bodies are read
 from ``receive()`` as the core asks for them, streamed upstream for proxied
 routes; proxied response bodies are streamed back with ``more_body``. The
-outbound executor is the anyio one (:class:`Outbound`), opened and closed with
-the ``lifespan`` protocol (or on first use where the server has no lifespan).
-No policy lives here.
+outbound executor is :class:`Outbound` (our own HTTP/1.1 client, here on asyncio
+streams), opened and closed with the ``lifespan`` protocol (or on first use where
+the server has no lifespan). No policy lives here.
+
+Limits. The server parses, but its limits are not ours (uvicorn with httptools
+forwards a head of any size and waits for a body for ever), so the adapter
+enforces the native drivers' rules on what the scope shows, before the core sees
+the request: a head (request line and fields, measured from the scope) over
+``max_header_bytes`` is answered 431, a declared body over ``max_body_bytes`` 413
+(a streamed one when it passes the limit), a request with both ``Content-Length``
+and ``Transfer-Encoding`` 400; each of these JSON, with ``Connection: close``. Each
+wait for a body chunk has the :meth:`Timeouts.body_deadline` of the native drivers
+(``read`` between chunks, ``min_body_rate`` after a grace); the header timeout is
+the server's, which owns the wire. A body that misses its deadline, or whose
+reading fails in the server, is never a complete upstream request: the upstream
+exchange is aborted, the core sees ``RequestAborted``, and the client gets 408 or
+400 with ``Connection: close``.
 
 Configuration comes from :func:`create_app`'s arguments or the environment:
 ``SAPG_CONFIG`` (a config file; else ``SAG_API_CONFIG_JSON``, as ``sapg
 serve``), ``SAPG_MAX_BODY_SIZE``, ``SAPG_BINDINGS`` (``NAME=pkg.mod:obj``
 entries separated by commas, as ``sapg serve --binding``),
-``SAPG_SERVICE_TIMEOUT``, ``SAG_STRICT_CONFIG``, ``SAPG_LOG_LEVEL`` and
-``SAPG_LOG_FORMAT``. Each worker process builds its own gateway and loads its
-own services.
+``SAPG_SERVICE_TIMEOUT``, ``SAG_STRICT_CONFIG``, ``SAPG_LOG_LEVEL``,
+``SAPG_LOG_FORMAT``, ``SAPG_MAX_HEADER_SIZE``, ``SAPG_READ_TIMEOUT`` and
+``SAPG_MIN_BODY_RATE`` (as ``sapg serve``'s options of those names). Each worker
+process builds its own gateway and loads its own services.
 """
 
 from __future__ import annotations
@@ -45,6 +60,7 @@ from sapg_core import (
     FailureReason,
     ForwardUpstream,
     Gateway,
+    GatewayError,
     Headers,
     Log,
     ReadBody,
@@ -53,6 +69,7 @@ from sapg_core import (
     RequestHead,
     Respond,
     SendHTTP,
+    ServerLimits,
 )
 
 from ._async_driver import AsyncExchange, execute_actions, given_body
@@ -61,6 +78,7 @@ from ._common import (
     Exchanges,
     GatewayLike,
     Loaded,
+    Timeouts,
     request_received,
     upstream_origin,
 )
@@ -92,6 +110,49 @@ class _Request:
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope, self.receive, self.send = scope, receive, send
         self.is_broken = False  # the client left, or the answer broke off: send nothing more
+        self.is_started = False  # http.response.start is sent
+        self.refusal: tuple[int, str, str] | None = None  # the client's fault, answered at the end
+
+    async def start(self, status: int, headers: Headers) -> None:
+        self.is_started = True
+        await self.send(
+            {"type": "http.response.start", "status": status, "headers": _encode(headers)}
+        )
+
+
+#: What the adapter answers itself (the native drivers' ProtocolFailure answers, and 408).
+_REFUSALS: Final = {
+    400: ("Malformed HTTP request", "BAD_REQUEST"),
+    408: ("Request body timed out", "REQUEST_TIMEOUT"),
+    413: ("Request body too large", "BODY_TOO_LARGE"),
+    431: ("Request header fields too large", "HEADERS_TOO_LARGE"),
+}
+
+
+def _head_size(scope: Scope) -> int:
+    """The request head's size on the wire, as the native parsers measure it: the request
+    line and each ``name: value`` line with its CRLF, and the blank line."""
+    target = len(scope.get("raw_path") or scope["path"].encode("utf-8"))
+    query = len(scope.get("query_string") or b"")
+    line = len(scope["method"]) + 1 + target + (query + 1 if query else 0) + 11
+    return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"]) + 2
+
+
+def _refusal(scope: Scope, limits: ServerLimits) -> tuple[int, str] | None:
+    """The native drivers' answer to a head they refuse before the core sees it, and why."""
+    size = _head_size(scope)
+    if limits.max_header_bytes and size > limits.max_header_bytes:
+        return 431, f"request head of {size} bytes is over the limit"
+    names = [name.lower() for name, _ in scope["headers"]]
+    if b"content-length" in names and b"transfer-encoding" in names:
+        return 400, "both Content-Length and Transfer-Encoding"
+    if limits.max_body_bytes:
+        for name, value in scope["headers"]:
+            declared = value.strip()
+            too_large = declared.isdigit() and int(declared) > limits.max_body_bytes
+            if name.lower() == b"content-length" and too_large:
+                return 413, f"declared body of {int(declared)} bytes is over the limit"
+    return None
 
 
 def _request_head(scope: Scope) -> RequestHead:
@@ -146,6 +207,11 @@ def _worth_watching(headers: Headers, exchange: AsyncExchange) -> bool:
     return True
 
 
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown"
+
+
 def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
@@ -159,6 +225,8 @@ class GatewayApp:
             or on first use, and closed at lifespan shutdown).
         services: what ``CallService`` actions call (see :func:`transports.load_services`;
             default: none, so those routes answer 500). :meth:`aclose` closes it.
+        limits: the head and body limits the native drivers apply (see the module).
+        timeouts: ``read`` and ``min_body_rate`` bound each wait for a body chunk.
     """
 
     def __init__(
@@ -167,9 +235,13 @@ class GatewayApp:
         *,
         outbound: Outbound | None = None,
         services: ServiceRegistry | None = None,
+        limits: ServerLimits | None = None,
+        timeouts: Timeouts | None = None,
     ) -> None:
         self.serving = Loaded(gateway, services if services is not None else ServiceRegistry())
         self.outbound = outbound
+        self.limits = limits if limits is not None else ServerLimits()
+        self.timeouts = timeouts if timeouts is not None else Timeouts()
         self._exchanges = Exchanges()
         self._executors: dict[type[Action], Callable[..., Awaitable[Event | None]]] = {
             Respond: self._respond,
@@ -220,6 +292,12 @@ class GatewayApp:
     # -- one request ---------------------------------------------------------------------
 
     async def _handle_request(self, request: _Request) -> None:
+        refused = _refusal(request.scope, self.limits)
+        if refused is not None:
+            status, detail = refused
+            logger.info("protocol failure from %s (%d): %s", _peer(request.scope), status, detail)
+            await self._refuse(request, status)
+            return
         head = _request_head(request.scope)
         exchange = AsyncExchange(self.serving, head)
         self._exchanges.add(exchange)
@@ -242,6 +320,27 @@ class GatewayApp:
             log_access(exchange)
             if exchange.upstream is not None:
                 await exchange.upstream.aclose()
+        if request.refusal is not None and not request.is_started:
+            status, detail, peer = request.refusal
+            logger.info("request %d from %s: %s", exchange.request_id, peer, detail)
+            await self._refuse(request, status)
+
+    async def _refuse(self, request: _Request, status: int) -> None:
+        """Answer ``status`` as the native drivers answer a protocol failure: JSON, and the
+        connection closes after it."""
+        message, code = _REFUSALS[status]
+        body = GatewayError(message, status=status, code=code).body()
+        headers = (
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+            ("x-powered-by", "sapg"),
+            ("connection", "close"),
+        )
+        try:
+            await request.start(status, headers)
+            await request.send({"type": "http.response.body", "body": body})
+        except Exception:  # the server gave up on this connection: nothing left to say
+            request.is_broken = True
 
     async def _execute(
         self, request: _Request, exchange: AsyncExchange, actions: list[Action]
@@ -258,8 +357,7 @@ class GatewayApp:
             headers = [pair for pair in action.headers if pair[0] != "transfer-encoding"]
         elif action.status != 204:
             headers.append(("content-length", str(len(action.body))))
-        start = {"type": "http.response.start", "status": action.status}
-        await request.send({**start, "headers": _encode(tuple(headers))})
+        await request.start(action.status, tuple(headers))
         await request.send({"type": "http.response.body", "body": action.body})
 
     async def _forward(
@@ -291,8 +389,7 @@ class GatewayApp:
         if upstream is None:
             raise RuntimeError(f"request {exchange.request_id}: RelayResponse without an upstream")
         headers = [pair for pair in action.headers if pair[0] != "transfer-encoding"]
-        start = {"type": "http.response.start", "status": action.status}
-        await request.send({**start, "headers": _encode(tuple(headers))})
+        await request.start(action.status, tuple(headers))
         with anyio.CancelScope() as relay:
             async with anyio.create_task_group() as watchers:
                 if _worth_watching(action.headers, exchange):
@@ -314,6 +411,13 @@ class GatewayApp:
         if relay.cancelled_caught or request.is_broken:
             return  # an unfinished response: the server closes the connection
         await request.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    def _abort_body(request: _Request, exchange: AsyncExchange, status: int, detail: str) -> None:
+        """The body will not come whole: the core gets ``RequestAborted`` (never a truncated
+        body), and the client ``status`` once the request is done."""
+        exchange.is_body_done = exchange.is_finished = True
+        request.refusal = (status, detail, _peer(request.scope))
 
     async def _watch_disconnect(self, request: _Request, relay: anyio.CancelScope) -> None:
         """Stop relaying if the client leaves (the request body is read: only that can come)."""
@@ -359,12 +463,37 @@ class GatewayApp:
     async def _client_body(
         self, request: _Request, exchange: AsyncExchange, limit: int
     ) -> AsyncGenerator[bytes, None]:
-        """The request body from ``receive()``; raises :class:`ClientBodyError` on failure."""
+        """The request body from ``receive()``; raises :class:`ClientBodyError` on failure.
+
+        Each wait has the native drivers' deadline (:meth:`Timeouts.body_deadline`); a
+        missed one, or a failure of the server's own reading, aborts the request (the
+        client is answered 408 or 400 once the core is done with it).
+        """
         if exchange.is_body_done:
             return
         received = 0
+        waited = 0.0
+        timeouts = self.timeouts
         while True:
-            message = await request.receive()
+            now = time.monotonic()
+            try:
+                with anyio.fail_after(
+                    max(0.0, timeouts.body_deadline(now, received, waited) - now)
+                ):
+                    message = await request.receive()
+            except TimeoutError:
+                self._abort_body(request, exchange, 408, "request body timed out")
+                raise ClientBodyError(
+                    FailureReason.CLIENT, "body timed out", aborted=True
+                ) from None
+            except Exception as exc:  # the server failed to read it (uvicorn's h11 on bad framing)
+                self._abort_body(
+                    request, exchange, 400, f"the server failed reading the body: {exc!r}"
+                )
+                raise ClientBodyError(
+                    FailureReason.CLIENT, "body unreadable", aborted=True
+                ) from None
+            waited += time.monotonic() - now
             if message["type"] != "http.request":  # http.disconnect
                 exchange.is_body_done = exchange.is_finished = True
                 request.is_broken = True
@@ -422,15 +551,45 @@ def create_app(
         if loaded is None:
             raise LoadError("no config: set SAPG_CONFIG (a file) or SAG_API_CONFIG_JSON")
         raw, source = loaded
-        result = _compile(raw, source, environ)
+        strict = strict_from_env(environ)
+        result = _compile(raw, source, environ, strict=strict)
         registry, found = load_config_services(result.config, path, specs)
-        report_start_up(source, result, found, strict=strict_from_env(environ))
+        report_start_up(source, result, found, strict=strict)
+        limits, timeouts = _limits(environ, limit)
     except LoadError as exc:
         raise RuntimeError(f"sapg: {exc}") from None
     gateway = Gateway(
         result.config, max_body_bytes=limit, env=environ, service_timeout=service_timeout
     )
-    return GatewayApp(gateway, services=registry)
+    return GatewayApp(gateway, services=registry, limits=limits, timeouts=timeouts)
+
+
+def _limits(environ: Mapping[str, str], max_body: int) -> tuple[ServerLimits, Timeouts]:
+    """``SAPG_MAX_HEADER_SIZE`` (bytes, 0: none), ``SAPG_READ_TIMEOUT`` (seconds, more than
+    0) and ``SAPG_MIN_BODY_RATE`` (bytes a second, 0: none); unset: ``sapg serve``'s
+    defaults."""
+    from .cli import LoadError
+
+    def number(name: str, default: float, *, positive: bool) -> float:
+        text = environ.get(name, "").strip()
+        if not text:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (value > 0 if positive else value >= 0):
+            bound = "more than 0" if positive else "0 or more"
+            raise LoadError(f"{name} must be a number, {bound}, not {text!r}")
+        return value
+
+    default_limits, default_timeouts = ServerLimits(), Timeouts()
+    header = int(number("SAPG_MAX_HEADER_SIZE", default_limits.max_header_bytes, positive=False))
+    timeouts = Timeouts(
+        read=number("SAPG_READ_TIMEOUT", default_timeouts.read, positive=True),
+        min_body_rate=number("SAPG_MIN_BODY_RATE", default_timeouts.min_body_rate, positive=False),
+    )
+    return ServerLimits(max_header_bytes=header, max_body_bytes=max_body), timeouts
 
 
 def _binding_specs(text: str) -> list[str]:

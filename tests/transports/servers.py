@@ -81,8 +81,9 @@ def command(kind: str, config_path: Path, args: list[str]) -> tuple[list[str], d
     """The argv and extra environment that serve ``config_path`` with transport ``kind``.
 
     ``args`` are ``sapg serve`` options; for ``asgi`` the few with a uvicorn
-    or environment equivalent are translated (``--idle-timeout``,
-    ``--max-body-size``, ``--log-format``, ``--log-level``, ``--workers``), others ignored.
+    or environment equivalent are translated (``--idle-timeout``, ``--max-body-size``,
+    ``--log-format``, ``--log-level``, ``--workers``, ``--http`` (uvicorn's parser),
+    ``--max-header-size``, ``--read-timeout``, ``--min-body-rate``), others ignored.
     """
     if kind != "asgi":
         argv = [sys.executable, "-m", "transports.cli", "serve", "--transport", kind]
@@ -95,8 +96,12 @@ def command(kind: str, config_path: Path, args: list[str]) -> tuple[list[str], d
         env["SAPG_LOG_FORMAT"] = options["--log-format"]
     if "--log-level" in options:
         env["SAPG_LOG_LEVEL"] = options["--log-level"]
+    for option, name in _ASGI_ENV.items():
+        if option in options:
+            env[name] = options[option]
+    http = options.get("--http", "httptools")
     argv = [sys.executable, "-m", "uvicorn", "--factory", "transports.asgi:create_app"]
-    argv += ["--host", "127.0.0.1", "--port", "0", "--http", "httptools", "--no-access-log"]
+    argv += ["--host", "127.0.0.1", "--port", "0", "--http", http, "--no-access-log"]
     argv += ["--lifespan", "on", "--backlog", "1024"]
     if "--workers" in options:
         argv += ["--workers", options["--workers"]]
@@ -104,6 +109,14 @@ def command(kind: str, config_path: Path, args: list[str]) -> tuple[list[str], d
     if idle is not None:
         argv += ["--timeout-keep-alive", str(max(1, round(float(idle))))]
     return argv, env
+
+
+#: ``sapg serve`` options the ASGI adapter reads from the environment instead.
+_ASGI_ENV = {
+    "--max-header-size": "SAPG_MAX_HEADER_SIZE",
+    "--read-timeout": "SAPG_READ_TIMEOUT",
+    "--min-body-rate": "SAPG_MIN_BODY_RATE",
+}
 
 
 def start(
@@ -257,6 +270,7 @@ class StreamingUpstream:
 
     def __init__(self) -> None:
         self.received = 0  # requests seen (head complete)
+        self.completed = 0  # requests received whole (body to its end)
         self.connections = 0  # connections accepted
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -314,6 +328,8 @@ class StreamingUpstream:
                         if hashing:
                             digest.update(event.data)
                     elif isinstance(event, h11.EndOfMessage):
+                        with self._lock:
+                            self.completed += 1
                         break
                     else:
                         return
