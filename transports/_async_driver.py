@@ -277,15 +277,17 @@ class AsyncDriver(Generic[ConnT]):
         self._connections.add(conn)
         try:
             await self._guarded(conn)
-        except ClientGone:
-            pass
+        except ClientGone:  # the client's doing: INFO
+            logger.info("client %s went away before its answer was sent", conn.peer)
         except Exception:  # the boundary: one broken connection must not stop the server
-            logger.exception("connection handler failed")
+            logger.exception("connection handler failed")  # our bug: ERROR
         finally:
             self._connections.discard(conn)
             self._deadlines.discard(conn)
             if conn.is_expired:
                 conn.is_broken = True
+                if not conn.is_idle_wait:  # an idle keep-alive closing is no fault
+                    logger.info("client %s timed out: connection cut off", conn.peer)
             await self._close(conn)
 
     def _stop_idle(self) -> None:
@@ -434,7 +436,8 @@ class AsyncDriver(Generic[ConnT]):
         )
         try:
             await self._execute(conn, exchange, exchange.gateway.handle(event))
-        except ClientGone:
+        except ClientGone:  # the client's doing: INFO
+            logger.info("client %s went away before its answer was sent", conn.peer)
             conn.is_broken = True
         finally:
             self._exchanges.discard(exchange)

@@ -320,7 +320,7 @@ class Exchanges:
                 continue
             target = self._by_id.get(request_id)
             if target is None:
-                logger.warning("request %s: an action for a request no longer here", request_id)
+                logger.info("request %s: an action for a request no longer here", request_id)
                 continue
             target.inbox.append(action)
             target.wake()

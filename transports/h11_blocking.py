@@ -479,6 +479,8 @@ class BlockingServer:
         while due and due[0][0] <= now:
             deadline, _, conn = heapq.heappop(due)
             if conn in self._parked and conn.deadline == deadline:
+                if not conn.http.is_idle or conn.head_due is not None:  # a head under way
+                    logger.info("client %s timed out: connection cut off", conn.peer)
                 self._unpark(conn)
                 conn.sock.close()
 
@@ -644,7 +646,8 @@ class BlockingServer:
         )
         try:
             self._execute(conn, exchange, self._handle(exchange, event))
-        except ClientGone:
+        except ClientGone:  # the client's doing: INFO
+            logger.info("client %s went away before its answer was sent", conn.peer)
             conn.is_broken = True
         finally:
             self._exchanges.discard(exchange)
@@ -827,6 +830,7 @@ class BlockingServer:
                 raise ClientBodyError(reason, event.detail)
             exchange.is_finished = True  # closed, or stalled past its deadline
             conn.is_broken = True
+            logger.info("client %s: request body cut off (closed, or past its deadline)", conn.peer)
             raise ClientBodyError(FailureReason.CLIENT, "client went away", aborted=True)
 
     def _send(self, conn: _Connection, data: bytes) -> None:
