@@ -372,3 +372,54 @@ def test_the_supabase_doc_example_runs(capsys: pytest.CaptureFixture[str]) -> No
     assert files == {}
     exec(compile(program, "docs/supabase.md", "exec"), {"__name__": "docs_example"})
     assert capsys.readouterr().out == output
+
+
+def test_an_oversized_gotrue_answer_is_its_unreachable_answer() -> None:
+    """A 20 MB GoTrue answer is read to the 4 MiB cap, then answered as GoTrue unreachable
+    (supabase-js's ``fetch failed``), as a refused connection is."""
+
+    class Huge(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            piece = b" " * 65536
+            try:
+                for _ in range(320):  # 20 MiB, chunked: no length to refuse up front
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:  # the gateway stopped reading, as it should
+                self.close_connection = True
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Huge)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        in_process(
+            {
+                "SUPABASE_URL": f"http://127.0.0.1:{server.server_address[1]}",
+                "SUPABASE_SERVICE_ROLE_KEY": KEY,
+            },
+            [
+                (
+                    "POST",
+                    "/auth/otp",
+                    {"email": "a@b.c"},
+                    502,
+                    {
+                        "error": "Failed to send OTP: Supabase OTP Error: fetch failed",
+                        "code": "SUPABASE_OTP_SEND_FAILED",
+                    },
+                )
+            ],
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
