@@ -28,8 +28,14 @@ idle make it unusable: they would otherwise become the next client's answer.
 
 Rendering is ours and refuses CR, LF and NUL in header names and values (and
 any name that is not an RFC 9110 token), so a header can never split a
-request. ``1xx`` answers other than 101 are skipped (RFC 9110 §15.2); 101 is
-an error (no upgrades through the gateway). A response with both
+request. ``1xx`` answers other than 101 are skipped (RFC 9110 §15.2). A 101
+is an error unless the request was started with ``upgrade=True`` (a
+WebSocket handshake the gateway passes on): then it is a
+:class:`ResponseHead` with status 101, after which the connection is raw
+bytes, never reused, and :meth:`~ClientConnection.take_tunnel_bytes` gives
+what arrived after the 101 head (the tunnel's first bytes). A request
+started as an upgrade never leaves its connection reusable, whatever the
+answer. A response with both
 ``Content-Length`` and ``Transfer-Encoding``, with two different lengths, or
 with a transfer coding other than ``chunked`` is an error (RFC 9112 §6.3):
 the transport answers 502 and drops the connection. Nothing here does I/O.
@@ -103,7 +109,8 @@ class ResponseHead(ClientEvent):
     """The final response's status line and header fields.
 
     Fields:
-        status: 200..599 (1xx answers are skipped).
+        status: 200..599 (1xx answers are skipped), or 101 for a request
+            started with ``upgrade=True``.
         reason: the reason phrase, Latin-1.
         headers: lower-case names, Latin-1 values, in arrival order.
         http_version: ``1.1`` or ``1.0``.
@@ -321,6 +328,7 @@ def _parse_head_llhttp(head: bytes) -> _RawHead:
 # -- the connection ------------------------------------------------------------------------
 
 _IDLE, _SENDING, _HEAD, _BODY_LENGTH, _BODY_CHUNKED, _BODY_CLOSE, _DONE, _BROKEN = range(8)
+_SWITCHED: Final = 8  # a 101 to an upgrade: the connection is a tunnel now
 _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS = range(4)
 
 
@@ -355,6 +363,8 @@ class ClientConnection:
         self._chunk_state = _CHUNK_SIZE
         self._trailer_bytes = 0
         self._requests = 0
+        self._upgrade = False  # the current request proposes an upgrade
+        self._tunnel = b""  # after a 101: the bytes that followed its head
 
     # -- the request -----------------------------------------------------------------
 
@@ -367,6 +377,7 @@ class ClientConnection:
         authority: str,
         content_length: int | None,
         checked: bool = False,
+        upgrade: bool = False,
     ) -> bytes:
         """Render the request head.
 
@@ -375,6 +386,8 @@ class ClientConnection:
         by the framing given: ``content_length`` bytes, or chunked for None.
         A body-less method with no body gets no framing header at all.
         ``checked``: :func:`check_request` passed already for these.
+        ``upgrade``: the headers propose an upgrade (``Upgrade``,
+        ``Connection: upgrade``) and a 101 is the answer hoped for.
 
         Raises:
             UpstreamProtocolError: the connection cannot take a request now,
@@ -407,7 +420,8 @@ class ClientConnection:
             data = "".join(lines).encode("latin-1")
         except UnicodeEncodeError:
             raise UpstreamProtocolError("refusing to send a header outside Latin-1") from None
-        self._reset(method, keep_alive=not close, content_length=content_length)
+        self._upgrade = upgrade
+        self._reset(method, keep_alive=not (close or upgrade), content_length=content_length)
         return data
 
     def send_body(self, data: bytes) -> bytes:
@@ -461,7 +475,7 @@ class ClientConnection:
         """
         if not data:
             self._eof = True
-        if self._state in (_IDLE, _DONE):
+        if self._state in (_IDLE, _DONE, _SWITCHED):
             self._dead = True
             return
         if data:
@@ -485,6 +499,20 @@ class ClientConnection:
             self._state = _BROKEN
             self._dead = True
             raise
+
+    def take_tunnel_bytes(self) -> bytes:
+        """After a 101: the bytes that arrived after its head (then ``b""``).
+
+        The connection is a tunnel now: the caller reads and writes the socket
+        directly and never gives this connection another request.
+
+        Raises:
+            UpstreamProtocolError: no 101 was received.
+        """
+        if self._state != _SWITCHED:
+            raise UpstreamProtocolError("the connection did not switch protocols")
+        data, self._tunnel = self._tunnel, b""
+        return data
 
     @property
     def response_started(self) -> bool:
@@ -544,6 +572,8 @@ class ClientConnection:
             status, reason, headers, version = _parse_head_llhttp(head)
             event = self._on_head(status, reason, headers, version)
             if event is not None:
+                if event.status == 101:
+                    self._tunnel, self._buffer = self._buffer, b""
                 return event
 
     def _next_length(self) -> ClientEvent:
@@ -644,7 +674,18 @@ class ClientConnection:
         if version not in ("1.1", "1.0"):
             raise UpstreamProtocolError(f"unsupported HTTP version {version!r}")
         if status == 101:
-            raise UpstreamProtocolError("upstream switched protocols (101): not supported")
+            if not self._upgrade:
+                raise UpstreamProtocolError("upstream switched protocols (101) unasked")
+            self._state, self._dead = _SWITCHED, True
+            return ResponseHead(
+                status=101,
+                reason=reason.decode("latin-1"),
+                headers=tuple(
+                    (name.decode("latin-1"), value.decode("latin-1")) for name, value in raw
+                ),
+                http_version=version,
+                content_length=0,
+            )
         if 100 <= status < 200:
             return None
         if not 200 <= status <= 599:
@@ -700,15 +741,18 @@ class ClientConnection:
             )
         elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
-        # h11 tracks the response side only: it learns the method, the bytes
-        # on the wire are ours.
-        conn.send(h11.Request(method=method, target="/", headers=[("host", "upstream")]))
+        # h11 tracks the response side only: it learns the method (and whether
+        # a 101 may come), the bytes on the wire are ours.
+        headers = [("host", "upstream")]
+        if self._upgrade:
+            headers += [("connection", "upgrade"), ("upgrade", "websocket")]
+        conn.send(h11.Request(method=method, target="/", headers=headers))
         conn.send(h11.EndOfMessage())
 
     def _h11_next(self) -> ClientEvent:
         conn = self._h11
         assert conn is not None
-        if self._state in (_IDLE, _DONE, _BROKEN):
+        if self._state in (_IDLE, _DONE, _BROKEN, _SWITCHED):
             raise UpstreamProtocolError("no response is expected")
         while True:
             try:
@@ -718,7 +762,15 @@ class ClientConnection:
             if event is h11.NEED_DATA:
                 return _PENDING
             if isinstance(event, h11.InformationalResponse):
-                self._on_head(event.status_code, b"", [], event.http_version.decode("ascii"))
+                head = self._on_head(
+                    event.status_code,
+                    bytes(event.reason),
+                    list(event.headers),
+                    event.http_version.decode("ascii"),
+                )
+                if head is not None:  # a 101 for an upgrade: h11 keeps the rest unread
+                    self._tunnel = conn.trailing_data[0]
+                    return head
                 continue
             if isinstance(event, h11.Response):
                 head = self._on_head(
