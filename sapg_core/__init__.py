@@ -13,6 +13,7 @@ from ._actions import (
     ForwardUpstream as ForwardUpstream,
     Log as Log,
     LogLevel as LogLevel,
+    OpenTunnel as OpenTunnel,
     ReadBody as ReadBody,
     RelayResponse as RelayResponse,
     Respond as Respond,

@@ -12,6 +12,7 @@ SendHTTP             HTTPResponseReceived, or ActionFailed
 CallService          ServiceReturned, or ActionFailed
 Respond              nothing: the request is finished
 RelayResponse        nothing: the transport relays the upstream body
+OpenTunnel           nothing: the transport relays bytes both ways
 Log                  nothing
 ===================  =============================================
 """
@@ -30,6 +31,7 @@ __all__ = [
     "ForwardUpstream",
     "Log",
     "LogLevel",
+    "OpenTunnel",
     "ReadBody",
     "RelayResponse",
     "Respond",
@@ -79,6 +81,11 @@ class ForwardUpstream(Action):
         body: ``None``: stream the client's body. Bytes: the body was already
             read (a ``pre_process`` hook needed it); send exactly these, framed
             with ``Content-Length``, and read nothing more from the client.
+        upgrade: a WebSocket handshake (``headers`` carry ``Upgrade`` and
+            ``Connection: upgrade``; the request has no body). A ``101`` answer is
+            then :class:`UpstreamResponded` with status 101, after which the
+            transport keeps the upstream connection out of its pool, raw, for the
+            :class:`OpenTunnel` that follows; any other answer is an ordinary one.
     """
 
     request_id: int
@@ -89,6 +96,7 @@ class ForwardUpstream(Action):
     connect_timeout: float
     read_timeout: float
     body: bytes | None = None
+    upgrade: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -102,6 +110,27 @@ class RelayResponse(Action):
 
     request_id: int
     status: int
+    headers: Headers
+    route: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class OpenTunnel(Action):
+    """Answer ``101 Switching Protocols`` with these headers, then relay bytes both ways.
+
+    Final for the request, and for the client connection: after the head the
+    connection is no longer HTTP. It follows a :class:`ForwardUpstream` with
+    ``upgrade`` that the upstream answered 101. The transport sends the head
+    (``ServerConnection.send_switch``), then copies bytes between the client
+    and that upstream connection, each way with backpressure, the bytes that
+    either side sent after its head first, until either side closes or no byte
+    moved either way for the transport's idle timeout; then it closes both.
+    The headers are the upstream's ``Upgrade``, ``Connection`` and
+    ``Sec-WebSocket-*`` ones, decorated (CORS, X-Powered-By). ``route`` names
+    the matched route, for the access log.
+    """
+
+    request_id: int
     headers: Headers
     route: str = ""
 

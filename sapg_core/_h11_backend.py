@@ -272,3 +272,15 @@ class H11Parser:
     def has_buffered(self) -> bool:
         """Whether unparsed bytes wait in h11's buffer."""
         return bool(self._conn.trailing_data[0])
+
+    def take_trailing(self) -> bytes | None:
+        """The raw bytes after an upgrade request, for a switched connection.
+
+        h11 pauses after a request that proposes an upgrade (an ``Upgrade``
+        field) and keeps what follows unparsed: that is the tunnel's first
+        input. The parser is done after this.
+        """
+        if self._dead or self._conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:  # type: ignore[attr-defined]
+            return None
+        self._dead = True
+        return self._conn.trailing_data[0]

@@ -39,6 +39,13 @@ sent ``Expect: 100-continue`` and was answered before it was told to send its
 body may never send it, or send it later; reading on would take its next
 request for that body, so the connection closes after such an answer.
 
+Switching protocols is explicit. A request that proposes an upgrade is
+answered like any other unless the driver calls :meth:`send_switch` (a
+``101`` for a body-less ``GET`` upgrade request, the WebSocket handshake):
+then the connection is no longer HTTP, and :meth:`take_trailing` gives the
+bytes the client sent after the request head (both parsers hold them back
+unparsed until the switch or the next cycle), the tunnel's first input.
+
 Limits are enforced here, so every driver enforces them the same way: a head
 larger than ``max_header_bytes`` is answered 431 (an incomplete one as soon as
 it is over), a declared or streamed body larger than ``max_body_bytes`` 413
@@ -374,6 +381,8 @@ class ServerConnection:
         self._expect = False
         self._framing = _NONE
         self._remaining = 0
+        self._switched = False
+        self._trailing = b""
 
     # -- receiving ---------------------------------------------------------
 
@@ -528,6 +537,58 @@ class ServerConnection:
         self._resp = _SENT
         return out
 
+    def send_switch(self, headers: Headers, *, date: str | None = None) -> bytes:
+        """Render ``101 Switching Protocols``: after it the connection is no longer HTTP.
+
+        Only for a body-less ``GET`` that proposed an upgrade (``Upgrade`` and,
+        for llhttp, ``Connection: upgrade``), read to its end. ``headers`` are
+        written as given (``Upgrade``, ``Connection: upgrade``, the
+        ``Sec-WebSocket-*`` answer...), less any framing field; a ``Date`` is
+        added from ``date``. From now on :meth:`next_event` answers
+        :class:`ConnectionClosed` and :meth:`take_trailing` the bytes that
+        followed the request head.
+
+        Raises:
+            LocalProtocolError: a response was started, the request is not a
+                body-less GET upgrade request read to its end, or a header
+                the writer refuses.
+        """
+        if self._resp != _IDLE or self._failed or self._closed:
+            raise LocalProtocolError("a response was already started for this request")
+        if self._req == _BODY and not self._body_bytes:  # its end may wait, unread
+            event = self._parser.next()
+            if event is END:
+                self._req = _DONE
+        if self._req != _DONE or self._method != b"GET" or self._body_bytes:
+            raise LocalProtocolError("only a body-less GET, read to its end, can switch protocols")
+        raw: list[tuple[bytes, bytes]] = []
+        has_date = False
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == "content-length" or lowered == "transfer-encoding":
+                continue
+            has_date = has_date or lowered == "date"
+            raw.append((lowered.encode("latin-1"), value.encode("latin-1")))
+        if date is not None and not has_date:
+            raw.append((b"date", date.encode("latin-1")))
+        out = render_head(101, raw)  # refuses a bad header before anything changes
+        trailing = self._parser.take_trailing()
+        if trailing is None:
+            raise LocalProtocolError("this request did not propose an upgrade")
+        self._trailing = trailing
+        self._switched = self._closed = self._must_close = True
+        self._resp = _SENT
+        return out
+
+    def take_trailing(self) -> bytes:
+        """After :meth:`send_switch`: the bytes the client sent after its request head.
+
+        They are the tunnel's first input (``b""`` if none came yet); a second
+        call returns ``b""``.
+        """
+        trailing, self._trailing = self._trailing, b""
+        return trailing
+
     def send_head(self, status: int, headers: Headers, *, date: str | None = None) -> bytes:
         """Render the head of a streamed response.
 
@@ -647,7 +708,12 @@ class ServerConnection:
     @property
     def is_idle(self) -> bool:
         """Between requests, nothing buffered: the idle timeout applies, not the read one."""
-        return self._req == _WAITING and self._resp == _IDLE and not self._parser.has_buffered()
+        return (
+            self._req == _WAITING
+            and self._resp == _IDLE
+            and not self._switched
+            and not self._parser.has_buffered()
+        )
 
     @property
     def has_unread_input(self) -> bool:
@@ -656,9 +722,16 @@ class ServerConnection:
         Closing then would make the kernel answer them with a reset that can
         destroy the response (RFC 9112 §9.6), so a driver reads them first.
         """
+        if self._switched:  # the bytes are the tunnel's now
+            return False
         if self._failed:  # what follows a refused request is unknown: assume more comes
             return not self._eof
         return self._req == _BODY or self._parser.has_buffered()
+
+    @property
+    def is_switched(self) -> bool:
+        """Whether :meth:`send_switch` turned the connection into a tunnel."""
+        return self._switched
 
     @property
     def is_response_started(self) -> bool:

@@ -20,9 +20,13 @@ answer must still be h11's (400, 431 or 501): the head is handed to a fresh
 h11 connection and its verdict taken, waiting for the rest of the head if
 h11 would (so both backends answer at the same byte). A request llhttp
 takes as an upgrade (``CONNECT``, or ``Upgrade`` with ``Connection:
-upgrade``) is not switched: the gateway answers it like any other, so a new
-parser takes the bytes after its head, primed with a head of the same body
-framing when the request has a body.
+upgrade``) is switched only if the connection asks (:meth:`take_trailing`,
+after a ``101``). Without a body, the bytes after it are held back raw until
+the connection decides: switched, they are handed over unparsed (a
+WebSocket's first frames); answered like any other request, a new parser
+takes them at the next cycle. With a body (never switched), a new parser
+takes the bytes after its head at once, primed with a head of the same body
+framing.
 
 llhttp knows only the methods of its own table (and only in upper case),
 while HTTP lets a method be any token and the original gateway routes
@@ -130,6 +134,7 @@ class LLHTTPParser:
         self._chunked = False  # the current message's body is chunked
         self._last_chunked = False  # the last complete message's body was chunked
         self._upgrade_body: bytes | None = None
+        self._held_upgrade: bytes | None = None  # raw bytes after a body-less upgrade request
         self._head_bytes = (b"", 0)  # where the last head is: (bytes, offset), no copy
         self._priming = False
         self._classify: h11.Connection | None = None
@@ -165,6 +170,9 @@ class LLHTTPParser:
             return
         if not data:
             self._eof = True
+            return
+        if self._held_upgrade is not None:  # wait for the switch or the next cycle
+            self._held_upgrade += data
             return
         if self._classify is not None:
             self._classify.receive_data(data)
@@ -222,12 +230,38 @@ class LLHTTPParser:
         """
         if self._h11 is not None and self._h11_started:
             self._h11.next_cycle()
+        held, self._held_upgrade = self._held_upgrade, None
+        if held:  # the upgrade request was answered without a switch: parse on
+            while held:
+                held = self._parse(held)
+            self._data = b""
+
+    def take_trailing(self) -> bytes | None:
+        """The raw bytes after a body-less upgrade request, for a switched connection.
+
+        The parser is done after this: later input is not parsed.
+        """
+        if self._h11 is not None:
+            return self._h11.take_trailing()
+        held = self._held_upgrade
+        if held is None or self._events:
+            return None
+        self._held_upgrade = None
+        self._dead = True
+        return held
 
     def has_buffered(self) -> bool:
         """Whether events wait in the deque or a request is partly parsed."""
         if self._h11 is not None and (self._h11_started or not self._events):
             return bool(self._events) or self._h11.has_buffered()
-        return bool(self._events or self._in_head or self._in_body or self._held or self._classify)
+        return bool(
+            self._events
+            or self._in_head
+            or self._in_body
+            or self._held
+            or self._classify
+            or self._held_upgrade
+        )
 
     # -- llhttp's callbacks ----------------------------------------------------
 
@@ -330,15 +364,18 @@ class LLHTTPParser:
         return None
 
     def _upgrade(self, data: bytes, offset: int) -> bytes:
-        # The gateway switches no protocol: read on as HTTP/1.1 (see the module doc).
+        # Switched only on the connection's word; until then, or with a body, the
+        # rest is HTTP/1.1 (see the module doc).
         self._parser = self._new_parser()
         framing, self._upgrade_body = self._upgrade_body, None
-        if framing is not None:
-            self._priming = True
-            try:
-                self._parser.feed_data(b"PUT / HTTP/1.1\r\nhost: x\r\n" + framing + b"\r\n")
-            finally:
-                self._priming = False
+        if framing is None:
+            self._held_upgrade = data[offset:]
+            return b""
+        self._priming = True
+        try:
+            self._parser.feed_data(b"PUT / HTTP/1.1\r\nhost: x\r\n" + framing + b"\r\n")
+        finally:
+            self._priming = False
         return data[offset:]
 
     def _where_next(self, *, guess: bool = True) -> int:

@@ -4,6 +4,17 @@ The target URL is built exactly as the original builds it; the client's
 method, headers (less hop-by-hop ones) and body are forwarded, the body
 streamed by the transport. Unlike the original, upstream failures answer JSON
 (502/504 with a code) and every upstream call has timeouts.
+
+WebSocket handshakes pass (RFC 6455 §4): a ``GET`` whose ``Upgrade`` names
+``websocket`` and whose ``Connection`` names ``upgrade`` keeps those two
+headers (and its ``Sec-WebSocket-*`` ones, which are end-to-end anyway) and
+is forwarded with ``ForwardUpstream(upgrade=True)``, after CORS and the
+authorizer like any request. Such a request with a body is refused 400
+before anything is sent. A ``101`` answer becomes :class:`OpenTunnel` with the
+upstream's headers (less hop-by-hop ones, then its ``Upgrade`` and
+``Connection: upgrade`` again), decorated; any other answer is relayed as an
+ordinary response. Any other ``Upgrade`` is dropped as today: the request is
+forwarded as plain HTTP.
 """
 
 from __future__ import annotations
@@ -11,14 +22,14 @@ from __future__ import annotations
 import functools
 from typing import Final
 
-from ._actions import ForwardUpstream, RelayResponse
+from ._actions import ForwardUpstream, OpenTunnel, RelayResponse
 from ._errors import BodyTooLarge, GatewayError, UpstreamError
 from ._events import ActionFailed, FailureReason, Headers, UpstreamResponded
 from ._flow import Flow, FlowContext
 from ._mapping import MappingSources, apply_mapping
 from ._url import upstream_url
 
-__all__ = ["HOP_BY_HOP", "forwardable", "proxy_flow"]
+__all__ = ["HOP_BY_HOP", "forwardable", "is_websocket_upgrade", "proxy_flow"]
 
 # RFC 9110 §7.6.1: connection-specific fields a proxy must not forward.
 HOP_BY_HOP: Final = frozenset(
@@ -74,6 +85,51 @@ def forwardable(headers: Headers, *, response: bool = False) -> Headers:
     return headers if len(kept) == len(headers) else tuple(kept)
 
 
+def _tokens(headers: Headers, name: str) -> set[str]:
+    """The comma-separated tokens of every ``name`` field, lower-cased."""
+    return {
+        token.strip().lower()
+        for field, value in headers
+        if field == name
+        for token in value.split(",")
+    }
+
+
+def is_websocket_upgrade(method: str, headers: Headers) -> bool:
+    """Whether a request is a WebSocket handshake the gateway passes through.
+
+    A ``GET`` (as received) with ``Upgrade`` naming ``websocket`` and
+    ``Connection`` naming ``upgrade`` (RFC 6455 §4.1), names lower-case.
+    """
+    return (
+        method == "GET"
+        and "websocket" in _tokens(headers, "upgrade")
+        and "upgrade" in _tokens(headers, "connection")
+    )
+
+
+def _has_body(headers: Headers) -> bool:
+    for name, value in headers:
+        if name == "transfer-encoding" or (name == "content-length" and value.strip() != "0"):
+            return True
+    return False
+
+
+def _with_upgrade(kept: Headers, original: Headers) -> Headers:
+    """``kept`` plus the ``Upgrade`` fields of ``original`` and ``Connection: upgrade``."""
+    upgrade = tuple(item for item in original if item[0] == "upgrade")
+    return (*kept, *upgrade, ("connection", "upgrade"))
+
+
+def _tunnel(ctx: FlowContext, outcome: UpstreamResponded, alias: str) -> OpenTunnel:
+    """The upstream accepted the WebSocket handshake: the 101 and the tunnel."""
+    if "websocket" not in _tokens(outcome.headers, "upgrade"):
+        log = f"upstream {alias!r}: 101 without Upgrade: websocket"
+        raise UpstreamError("Upstream switched to another protocol", log=log)
+    kept = _with_upgrade(forwardable(outcome.headers, response=True), outcome.headers)
+    return OpenTunnel(request_id=ctx.request.id, headers=ctx.decorate(kept), route=ctx.label)
+
+
 def proxy_flow(ctx: FlowContext) -> Flow:
     integration = ctx.route.integration
     assert integration is not None and integration.server is not None
@@ -90,6 +146,11 @@ def proxy_flow(ctx: FlowContext) -> Flow:
             global_variables=ctx.config.variables,
         )
         headers, query = apply_mapping(ctx.route.mapping, sources, headers, query)
+    upgrade = is_websocket_upgrade(request.event.method, request.event.headers)
+    if upgrade:
+        if _has_body(request.event.headers):
+            raise GatewayError("A WebSocket handshake has no body", status=400, code="BAD_REQUEST")
+        headers = _with_upgrade(headers, request.event.headers)
     outcome = yield ForwardUpstream(
         request_id=request.id,
         method=request.method,
@@ -99,10 +160,17 @@ def proxy_flow(ctx: FlowContext) -> Flow:
         connect_timeout=server.connect_timeout,
         read_timeout=server.read_timeout,
         body=ctx.body,  # set when a pre_process hook already read it
+        upgrade=upgrade,
     )
     if isinstance(outcome, ActionFailed):
         raise _upstream_error(outcome, server.alias)
     assert isinstance(outcome, UpstreamResponded)
+    if outcome.status == 101:
+        if not upgrade:  # a transport lets a 101 through only for an upgrade
+            raise UpstreamError(
+                "Upstream switched protocols", log=f"upstream {server.alias!r}: 101"
+            )
+        return _tunnel(ctx, outcome, server.alias)
     relayed = ctx.decorate(forwardable(outcome.headers, response=True))
     return RelayResponse(
         request_id=request.id, status=outcome.status, headers=relayed, route=ctx.label

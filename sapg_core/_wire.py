@@ -218,3 +218,12 @@ class Parser(Protocol):
 
     def has_buffered(self) -> bool:
         """Whether bytes or events wait beyond what :meth:`next` returned."""
+
+    def take_trailing(self) -> bytes | None:
+        """After an upgrade request's head and end: the raw bytes that followed it.
+
+        The connection switches protocols: the parser stops for good and hands
+        over every byte it was fed after that request, unparsed. ``None`` when it
+        cannot (the request was not one it held back for an upgrade, or it
+        parsed beyond it).
+        """
