@@ -36,6 +36,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, Final, Generic, TypeVar
 
 import anyio
+import anyio.abc
 
 from sapg_core import (
     Action,
@@ -50,6 +51,7 @@ from sapg_core import (
     ForwardUpstream,
     Log,
     NeedData,
+    OpenTunnel,
     ProtocolFailure,
     ReadBody,
     RelayResponse,
@@ -77,7 +79,7 @@ from ._common import (
     upstream_origin,
 )
 from ._logging import log_access
-from ._outbound import Outbound, OutboundError, UpstreamBody
+from ._outbound import IO_ERRORS, Outbound, OutboundError, UpstreamBody
 from ._services import ServiceRegistry, call_service
 
 __all__ = ["AsyncDriver", "AsyncExchange", "ClientGone", "Connection", "Deadlines", "given_body"]
@@ -256,6 +258,7 @@ class AsyncDriver(Generic[ConnT]):
             Respond: self._respond,
             ForwardUpstream: self._forward,
             RelayResponse: self._relay,
+            OpenTunnel: self._tunnel,
             ReadBody: self._read_body,
             SendHTTP: self._send_http,
             Log: self._log,
@@ -514,6 +517,66 @@ class AsyncDriver(Generic[ConnT]):
             conn.is_broken = True
             return
         await self._send(conn, conn.http.send_end())
+
+    async def _tunnel(self, conn: ConnT, exchange: AsyncExchange, action: OpenTunnel) -> None:
+        """The 101, then bytes both ways until either side closes or ``idle`` passes unused.
+
+        Two pumps (client to upstream, upstream to client), each awaiting its write
+        before its next read: backpressure. Every byte moved pushes the connection's
+        one deadline to ``idle`` from now; the sweeper cuts off a tunnel idle past it,
+        like an idle keep-alive connection. When either pump ends the other is
+        cancelled; the connection then closes, and the upstream with the exchange.
+        """
+        exchange.is_finished = True
+        exchange.status, exchange.route = 101, action.route
+        upstream = exchange.upstream
+        if upstream is None:
+            raise RuntimeError(f"request {exchange.request_id}: OpenTunnel without an upstream")
+        stream, upstream_first = upstream.take_tunnel()
+        http = conn.http
+        head = http.send_switch(action.headers, date=http_date(time.time()))
+        client_first = http.take_trailing()
+        conn.is_broken = True  # no more HTTP on this connection: close it after the tunnel
+        deadlines, idle, now = self._deadlines, self.timeouts.idle, self._now
+
+        async def upward() -> None:
+            data = client_first
+            while True:
+                if data:
+                    await stream.send(data)
+                    deadlines.set(conn, now() + idle)
+                data = await self._receive(conn) or b""
+                if not data:
+                    return
+                deadlines.set(conn, now() + idle)
+
+        async def downward() -> None:
+            while True:
+                data = await stream.receive()
+                if not data:
+                    return
+                deadlines.set(conn, now() + idle)
+                await self._send_bytes(conn, data)
+                deadlines.set(conn, now() + idle)
+
+        async def pump(
+            direction: Callable[[], Awaitable[None]], group: anyio.abc.TaskGroup
+        ) -> None:
+            try:
+                await direction()
+            except (ClientGone, *IO_ERRORS):
+                pass  # either side broke off: the tunnel is over
+            finally:
+                group.cancel_scope.cancel()
+
+        deadlines.set(conn, now() + idle)
+        try:
+            await self._send_bytes(conn, head + upstream_first)
+            async with anyio.create_task_group() as group:
+                group.start_soon(pump, upward, group)
+                group.start_soon(pump, downward, group)
+        finally:
+            deadlines.set(conn, _NEVER)
 
     async def _read_body(self, conn: ConnT, exchange: AsyncExchange, action: ReadBody) -> Event:
         chunks: list[bytes] = []

@@ -22,6 +22,11 @@ timeout only when the value changes.
 :meth:`is_stale` answers, without blocking, whether an idle pooled
 connection has anything to say (bytes, EOF, an error): then it must not be
 reused, because those bytes would be read as the next request's answer.
+
+:func:`tunnel_blocking` is the blocking driver's WebSocket tunnel: one thread
+copies bytes both ways between the client's socket and an upstream stream,
+with ``selectors``, until either side closes or nothing moves for the idle
+timeout. (The trio and asyncio drivers pump with two tasks instead.)
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import math
 import select
+import selectors
 import socket
 import ssl
 from collections import deque
@@ -51,6 +57,7 @@ __all__ = [
     "connect_blocking",
     "connect_trio",
     "describe",
+    "tunnel_blocking",
 ]
 
 #: Bytes asked for per read.
@@ -427,6 +434,11 @@ class BlockingStream:
     def close(self) -> None:
         self._sock.close()
 
+    @property
+    def socket(self) -> socket.socket:
+        """The socket itself (an :class:`ssl.SSLSocket` for TLS), for a tunnel."""
+        return self._sock
+
 
 def connect_blocking(
     host: str, port: int, tls: ssl.SSLContext | None, timeout: float
@@ -441,3 +453,49 @@ def connect_blocking(
         sock.close()
         raise
     return BlockingStream(sock, timeout)
+
+
+def _decrypted(sock: socket.socket) -> bool:
+    """Whether TLS has bytes decrypted already, which ``select`` cannot see."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
+def tunnel_blocking(
+    client: socket.socket, upstream: BlockingStream, first: bytes, *, idle: float
+) -> None:
+    """Copy bytes both ways until either side closes, breaks, or ``idle`` seconds pass unused.
+
+    One thread waits on both sockets at once; a write is awaited before the next
+    read (backpressure), and stalls at most ``idle`` (the upstream's timeout is set
+    here; the caller sets the client socket's). TLS bytes already decrypted on
+    either side are read before waiting again.
+
+    Args:
+        client: the client's socket (blocking, its timeout ``idle``).
+        upstream: the upstream stream after its 101.
+        first: bytes the client sent after its request head, sent upstream first.
+        idle: seconds without a byte either way that end the tunnel.
+    """
+    upstream.set_timeout(idle)
+    up = upstream.socket
+    pairs = ((client, up), (up, client))
+    try:
+        if first:
+            up.sendall(first)
+        with selectors.DefaultSelector() as selector:
+            selector.register(client, selectors.EVENT_READ, up)
+            selector.register(up, selectors.EVENT_READ, client)
+            while True:
+                ready = [pair for pair in pairs if _decrypted(pair[0])]
+                if not ready:
+                    found = selector.select(idle)
+                    if not found:
+                        return  # idle past the timeout
+                    ready = [(key.fileobj, key.data) for key, _ in found]  # type: ignore[misc]
+                for source, sink in ready:
+                    data = source.recv(READ_SIZE)
+                    if not data:
+                        return
+                    sink.sendall(data)
+    except OSError:  # reset, timed out writing, TLS failure: the tunnel is over
+        return

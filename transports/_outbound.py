@@ -24,6 +24,12 @@ failed on a pooled connection before any byte of an answer came back is sent
 again on another, when its body is in hand (:func:`sapg_core.may_retry`).
 Bodies stream both ways: the client's body is written as it arrives, the
 response body is read as the relay consumes it. Nothing follows redirects.
+
+A WebSocket handshake (``ForwardUpstream.upgrade``) is sent as an upgrade:
+a 101 answer leaves the connection out of the pool, raw, and its body object
+hands the stream over (:meth:`UpstreamBody.take_tunnel`) for the driver's
+tunnel; closing the body object closes the connection and frees its slot.
+Such a connection is never reused, whatever the answer.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ from ._netio import (
 )
 
 __all__ = [
+    "IO_ERRORS",
     "PER_ORIGIN_ENV",
     "Outbound",
     "OutboundError",
@@ -99,6 +106,8 @@ PER_ORIGIN_ENV: Final = "SAPG_UPSTREAM_CONNECTIONS_PER_ORIGIN"
 
 #: What can go wrong on a socket, on every network backend.
 _IO_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, EOFError)
+#: What a broken upstream stream raises, on any of the three (a tunnel's pumps catch these).
+IO_ERRORS: Final = _IO_ERRORS
 
 
 def failure_reason(exc: BaseException, *, connecting: bool = False) -> FailureReason:
@@ -177,6 +186,7 @@ class _Request:
         "read_timeout",
         "request_id",
         "target",
+        "upgrade",
     )
 
     def __init__(
@@ -190,7 +200,9 @@ class _Request:
         content_length: int | None,
         connect_timeout: float,
         read_timeout: float,
+        upgrade: bool = False,
     ) -> None:
+        self.upgrade = upgrade
         self.request_id = request_id
         self.method = method
         self.target = target
@@ -209,6 +221,7 @@ class _Request:
             authority=self.target.authority,
             content_length=self.content_length,
             checked=True,
+            upgrade=self.upgrade,
         )
 
 
@@ -233,6 +246,7 @@ def _forward_request(
         content_length=content_length,
         connect_timeout=action.connect_timeout,
         read_timeout=action.read_timeout,
+        upgrade=action.upgrade,
     )
 
 
@@ -376,6 +390,24 @@ class UpstreamBody:
             self._finish(reusable=end.reusable)
             return first + data, True
         return (first + data if first else data), False
+
+    def take_tunnel(self) -> tuple[TrioStream | AsyncioStream, bytes]:
+        """After a 101: the raw upstream stream and the bytes that followed the head.
+
+        The connection stays out of the pool (its slot counted) until :meth:`aclose`,
+        which closes it.
+
+        Raises:
+            OutboundError: the answer was not a 101 (a driver bug).
+        """
+        upstream = self._upstream
+        if upstream is None:
+            raise OutboundError(FailureReason.RESET, "no upstream connection to tunnel")
+        try:
+            first = upstream.client.take_tunnel_bytes()
+        except UpstreamProtocolError as exc:
+            raise OutboundError(FailureReason.RESET, exc.detail) from None
+        return upstream.stream, first
 
     async def _next(self) -> bytes | None:
         upstream = self._upstream
@@ -585,6 +617,8 @@ class Outbound:
         self, head: ResponseHead, upstream: _Upstream
     ) -> tuple[ResponseHead, _Upstream | None, bytes]:
         """Give the connection back at once when the whole body came with the head."""
+        if head.status == 101:  # a tunnel now: raw bytes, never back to the pool
+            return head, upstream, b""
         try:
             data, end = _ready(upstream.client)
         except UpstreamProtocolError:
@@ -813,6 +847,18 @@ class SyncUpstreamBody:
             raise StopIteration
         return chunk
 
+    def take_tunnel(self) -> tuple[BlockingStream, bytes]:
+        """As :meth:`UpstreamBody.take_tunnel`: the raw stream and its first bytes; :meth:`close`
+        closes it."""
+        upstream = self._upstream
+        if upstream is None:
+            raise OutboundError(FailureReason.RESET, "no upstream connection to tunnel")
+        try:
+            first = upstream.client.take_tunnel_bytes()
+        except UpstreamProtocolError as exc:
+            raise OutboundError(FailureReason.RESET, exc.detail) from None
+        return upstream.stream, first
+
     def _next(self) -> bytes | None:
         upstream = self._upstream
         if upstream is None:
@@ -994,6 +1040,14 @@ class SyncOutbound:
         except BaseException:
             self._drop(holder)
             raise
+        return self._after_head(head, upstream)
+
+    def _after_head(
+        self, head: ResponseHead, upstream: _SyncUpstream
+    ) -> tuple[ResponseHead, _SyncUpstream | None, bytes]:
+        """As :meth:`Outbound._after_head`."""
+        if head.status == 101:  # a tunnel now: raw bytes, never back to the pool
+            return head, upstream, b""
         try:
             data, end = _ready(upstream.client)
         except UpstreamProtocolError:

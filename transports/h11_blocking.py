@@ -55,6 +55,7 @@ from sapg_core import (
     HTTPEvent,
     Log,
     NeedData,
+    OpenTunnel,
     ProtocolFailure,
     ReadBody,
     RelayResponse,
@@ -84,6 +85,7 @@ from ._common import (
     upstream_origin,
 )
 from ._logging import log_access
+from ._netio import tunnel_blocking
 from ._outbound import OutboundError, SyncOutbound, SyncUpstreamBody
 from ._services import ServiceRegistry, call_service_sync
 
@@ -289,6 +291,7 @@ class BlockingServer:
             Respond: self._respond,
             ForwardUpstream: self._forward,
             RelayResponse: self._relay,
+            OpenTunnel: self._tunnel,
             ReadBody: self._read_body,
             SendHTTP: self._send_http,
             Log: self._log,
@@ -754,6 +757,22 @@ class BlockingServer:
             conn.is_broken = True
             return
         self._send(conn, conn.http.send_end())
+
+    def _tunnel(self, conn: _Connection, exchange: _Exchange, action: OpenTunnel) -> None:
+        """The 101, then bytes both ways on this worker thread (:func:`tunnel_blocking`)
+        until either side closes or nothing moves for ``idle`` seconds."""
+        exchange.is_finished = True
+        exchange.status, exchange.route = 101, action.route
+        upstream = exchange.upstream
+        if upstream is None:
+            raise RuntimeError(f"request {exchange.request_id}: OpenTunnel without an upstream")
+        stream, upstream_first = upstream.take_tunnel()
+        head = conn.http.send_switch(action.headers, date=http_date(time.time()))
+        client_first = conn.http.take_trailing()
+        conn.is_broken = True  # no more HTTP on this connection: close it after the tunnel
+        self._send(conn, head + upstream_first)
+        conn.settimeout(self.timeouts.idle)
+        tunnel_blocking(conn.sock, stream, client_first, idle=self.timeouts.idle)
 
     def _read_body(self, conn: _Connection, exchange: _Exchange, action: ReadBody) -> Event:
         try:
