@@ -40,16 +40,31 @@ process builds its own gateway and loads its own services.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import logging
 import math
 import os
 import secrets
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Mapping,
+    MutableMapping,
+)
 from typing import Any, Final
 
 import anyio
+import anyio.abc
+import attrs
+from wsproto import ConnectionType
+from wsproto.connection import Connection as WSFraming
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from sapg_core import (
     Action,
@@ -63,6 +78,7 @@ from sapg_core import (
     GatewayError,
     Headers,
     Log,
+    OpenTunnel,
     ReadBody,
     RelayResponse,
     RequestAborted,
@@ -216,6 +232,171 @@ def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
+class _WebSocket(_Request):
+    """One ASGI ``websocket`` scope; ``key`` is the handshake key the adapter sent upstream."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        super().__init__(scope, receive, send)
+        self.key = b""
+
+
+#: Handshake request fields the adapter writes itself towards the upstream.
+_WS_HANDSHAKE: Final = frozenset(
+    (
+        b"upgrade",
+        b"connection",
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-protocol",
+        b"sec-websocket-extensions",
+        b"content-length",
+        b"transfer-encoding",
+    )
+)
+_WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: Handshake answer fields the ASGI server writes itself on ``websocket.accept``.
+_WS_OWN: Final = frozenset(
+    (
+        "upgrade",
+        "connection",
+        "sec-websocket-accept",
+        "sec-websocket-protocol",
+        "sec-websocket-extensions",
+        "content-length",
+        "transfer-encoding",
+    )
+)
+
+
+def _websocket_head(scope: Scope) -> tuple[RequestHead, bytes]:
+    """A ``websocket`` scope's handshake as the GET request head it was, and our key.
+
+    The server consumed the handshake fields (``Upgrade``, ``Connection``,
+    ``Sec-WebSocket-*``) and answers the client itself; towards the upstream the
+    adapter is the WebSocket client, so it writes them anew: a fresh key, version
+    13, the client's subprotocols, and no extension (it frames the messages itself).
+    """
+    key = base64.b64encode(secrets.token_bytes(16))
+    kept = [(n, v) for n, v in scope["headers"] if n.lower() not in _WS_HANDSHAKE]
+    kept += [
+        (b"upgrade", b"websocket"),
+        (b"connection", b"upgrade"),
+        (b"sec-websocket-key", key),
+        (b"sec-websocket-version", b"13"),
+    ]
+    subprotocols = scope.get("subprotocols") or []
+    if subprotocols:
+        kept.append((b"sec-websocket-protocol", ", ".join(subprotocols).encode("latin-1")))
+    return _request_head({**scope, "method": "GET", "headers": kept}), key
+
+
+def _accepts(headers: Headers, key: bytes) -> bool:
+    """Whether the upstream's 101 answers our key (RFC 6455 §4.2.2)."""
+    expected = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest()).decode("ascii")
+    return any(n == "sec-websocket-accept" and v.strip() == expected for n, v in headers)
+
+
+def _ws_message(parts: list[str | bytes | bytearray]) -> Message:
+    """One whole message (its frames joined) as a ``websocket.send``."""
+    if parts and isinstance(parts[0], str):
+        return {"type": "websocket.send", "text": "".join(str(part) for part in parts)}
+    return {"type": "websocket.send", "bytes": b"".join(bytes(part) for part in parts)}  # type: ignore[arg-type]
+
+
+def _sendable(code: int | None) -> int:
+    """A close code that may go in a close frame (1005, 1006 and 1015 may not: RFC 6455 §7.4.1)."""
+    if code is None or code in (1005, 1006, 1015) or not 1000 <= code <= 4999:
+        return 1000
+    return int(code)
+
+
+class _MessageRelay:
+    """A WebSocket under ASGI: the client's messages as frames to the upstream and back.
+
+    The ASGI server frames the client's side; wsproto (its frame layer, the
+    handshake being done) frames the upstream's, over our outbound connection.
+    Three tasks: each direction, and a watchdog that closes both sides (1001)
+    once nothing moved for ``idle`` seconds. Close codes pass both ways (those
+    that may not be sent in a frame become 1000); an upstream that just goes
+    away closes the client with 1011. When any task ends, the others stop.
+    """
+
+    def __init__(self, request: _WebSocket, stream: Any, idle: float) -> None:
+        self.request, self.stream, self.idle = request, stream, idle
+        self.framing = WSFraming(ConnectionType.CLIENT)
+        self.last = anyio.current_time()
+
+    async def run(self, first: bytes, request_id: int) -> None:
+        """Relay until either side closes; ``first``: the upstream's bytes after its 101."""
+        if first:
+            self.framing.receive_data(first)
+        async with anyio.create_task_group() as group:
+            for pump in (self._upward, self._downward, self._watchdog):
+                group.start_soon(self._guard, pump, group, request_id)
+
+    @staticmethod
+    async def _guard(
+        pump: Callable[[], Awaitable[None]], group: anyio.abc.TaskGroup, request_id: int
+    ) -> None:
+        try:
+            await pump()
+        except Exception as exc:  # one side broke off (reset, closed, a protocol error)
+            logger.debug("request %d: WebSocket relay ended: %r", request_id, exc)
+        finally:
+            group.cancel_scope.cancel()
+
+    async def _upward(self) -> None:
+        """The client's messages, framed towards the upstream."""
+        framing, stream = self.framing, self.stream
+        while True:
+            message = await self.request.receive()
+            self.last = anyio.current_time()
+            if message["type"] == "websocket.receive":
+                if message.get("text") is not None:
+                    data = framing.send(TextMessage(data=message["text"]))
+                else:
+                    data = framing.send(BytesMessage(data=message.get("bytes") or b""))
+                await stream.send(data)
+            elif message["type"] == "websocket.disconnect":
+                code = _sendable(message.get("code"))
+                with contextlib.suppress(Exception):
+                    await stream.send(framing.send(CloseConnection(code=code)))
+                return
+
+    async def _downward(self) -> None:
+        """The upstream's frames, as the client's messages."""
+        framing, stream, send = self.framing, self.stream, self.request.send
+        parts: list[str | bytes | bytearray] = []
+        while True:
+            for event in framing.events():
+                if isinstance(event, TextMessage | BytesMessage):
+                    parts.append(event.data)
+                    if event.message_finished:
+                        await send(_ws_message(parts))
+                        parts = []
+                elif isinstance(event, Ping):
+                    await stream.send(framing.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    with contextlib.suppress(Exception):
+                        await stream.send(framing.send(event.response()))
+                    code, reason = _sendable(event.code), event.reason or ""
+                    await send({"type": "websocket.close", "code": code, "reason": reason})
+                    return
+            data = await stream.receive()
+            self.last = anyio.current_time()
+            if not data:
+                await send({"type": "websocket.close", "code": 1011})
+                return
+            framing.receive_data(data)
+
+    async def _watchdog(self) -> None:
+        while (due := self.last + self.idle) > anyio.current_time():
+            await anyio.sleep_until(due)
+        with contextlib.suppress(Exception):
+            await self.stream.send(self.framing.send(CloseConnection(code=1001)))
+        await self.request.send({"type": "websocket.close", "code": 1001})
+
+
 class GatewayApp:
     """An ASGI 3 application that drives one gateway; build it with :func:`create_app`.
 
@@ -252,6 +433,14 @@ class GatewayApp:
             Log: self._log,
             CallService: self._call_service,
         }
+        self._ws_executors: dict[type[Action], Callable[..., Awaitable[Event | None]]] = {
+            **self._executors,
+            Respond: self._ws_respond,
+            ForwardUpstream: self._ws_forward,
+            RelayResponse: self._ws_relay,
+            OpenTunnel: self._ws_tunnel,
+            ReadBody: self._ws_read_body,
+        }
 
     @property
     def gateway(self) -> GatewayLike:
@@ -263,9 +452,8 @@ class GatewayApp:
             await self._handle_request(_Request(scope, receive, send))
         elif kind == "lifespan":
             await self._lifespan(receive, send)
-        else:  # websocket: not something a gateway config can route
-            await receive()
-            await send({"type": "websocket.close", "code": 1003})
+        elif kind == "websocket":
+            await self._handle_websocket(_WebSocket(scope, receive, send))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -458,6 +646,128 @@ class GatewayApp:
     ) -> Event:
         return await call_service(action, exchange.services, env=os.environ)
 
+    # -- WebSockets: the handshake through the core, then messages both ways ---------------
+
+    async def _handle_websocket(self, request: _WebSocket) -> None:
+        """A ``websocket`` scope: the handshake is a request like any other.
+
+        The core decides (CORS, route, authorizer, ``ForwardUpstream(upgrade=True)``);
+        a 101 from the upstream (:class:`OpenTunnel`) accepts the client's WebSocket and
+        relays messages both ways, wsproto framing them towards the upstream over our
+        outbound connection. Any other answer rejects the handshake with that answer
+        (``websocket.http.response`` where the server offers it, else close 1008).
+        """
+        message = await request.receive()
+        if message["type"] != "websocket.connect":
+            return
+        head, request.key = _websocket_head(request.scope)
+        exchange = AsyncExchange(self.serving, head)
+        self._exchanges.add(exchange)
+        event = request_received(
+            head,
+            request_id=exchange.request_id,
+            now=time.time(),
+            entropy=secrets.token_bytes(32),
+            scheme="https" if request.scope.get("scheme") == "wss" else "http",
+        )
+        try:
+            await execute_actions(
+                self._exchanges,
+                self._ws_executors,
+                request,
+                exchange,
+                exchange.gateway.handle(event),
+            )
+        except ClientGone:
+            request.is_broken = True
+        finally:
+            self._exchanges.discard(exchange)
+            if not exchange.is_finished:
+                aborted = RequestAborted(request_id=exchange.request_id, now=time.time())
+                self._exchanges.deliver(exchange, exchange.gateway.handle(aborted))
+            log_access(exchange)
+            if exchange.upstream is not None:
+                await exchange.upstream.aclose()
+
+    async def _ws_forward(
+        self, request: _WebSocket, exchange: AsyncExchange, action: ForwardUpstream
+    ) -> Event:
+        exchange.upstream_origin = upstream_origin(action.url)
+        if action.upgrade:  # we frame the messages ourselves: no extension towards the upstream
+            headers = tuple(h for h in action.headers if h[0] != "sec-websocket-extensions")
+            action = attrs.evolve(action, headers=headers)
+        result = await self._outbound().forward(action, given_body(b""), content_length=0)
+        if isinstance(result, ActionFailed):
+            return result
+        event, exchange.upstream = result
+        return event
+
+    async def _ws_read_body(
+        self, request: _WebSocket, exchange: AsyncExchange, action: ReadBody
+    ) -> Event:
+        return BodyReceived(request_id=exchange.request_id, body=b"", now=time.time())
+
+    async def _ws_reject(
+        self, request: _WebSocket, status: int, headers: Headers, body: AsyncIterable[bytes]
+    ) -> None:
+        if "websocket.http.response" not in request.scope.get("extensions", {}):
+            await request.send({"type": "websocket.close", "code": 1008})
+            return
+        await request.send(
+            {"type": "websocket.http.response.start", "status": status, "headers": _encode(headers)}
+        )
+        async for chunk in body:
+            await request.send(
+                {"type": "websocket.http.response.body", "body": chunk, "more_body": True}
+            )
+        await request.send({"type": "websocket.http.response.body", "body": b""})
+
+    async def _ws_respond(
+        self, request: _WebSocket, exchange: AsyncExchange, action: Respond
+    ) -> None:
+        exchange.is_finished = True
+        exchange.status, exchange.route = action.status, action.route
+        headers = [pair for pair in action.headers if pair[0] not in _FRAMING]
+        headers.append(("content-length", str(len(action.body))))
+        await self._ws_reject(request, action.status, tuple(headers), given_body(action.body))
+
+    async def _ws_relay(
+        self, request: _WebSocket, exchange: AsyncExchange, action: RelayResponse
+    ) -> None:
+        exchange.is_finished = True
+        exchange.status, exchange.route = action.status, action.route
+        upstream = exchange.upstream
+        if upstream is None:
+            raise RuntimeError(f"request {exchange.request_id}: RelayResponse without an upstream")
+        headers = tuple(pair for pair in action.headers if pair[0] != "transfer-encoding")
+        try:
+            await self._ws_reject(request, action.status, headers, upstream)
+        except OutboundError:
+            request.is_broken = True
+
+    async def _ws_tunnel(
+        self, request: _WebSocket, exchange: AsyncExchange, action: OpenTunnel
+    ) -> None:
+        """Accept the client, then relay messages (and close codes) both ways until either
+        side closes or nothing moves for the idle timeout (then close 1001 both ways)."""
+        exchange.is_finished = True
+        exchange.status, exchange.route = 101, action.route
+        upstream = exchange.upstream
+        if upstream is None:
+            raise RuntimeError(f"request {exchange.request_id}: OpenTunnel without an upstream")
+        stream, first = upstream.take_tunnel()
+        if not _accepts(action.headers, request.key):
+            logger.warning("request %d: upstream 101 does not answer our key", exchange.request_id)
+            await request.send({"type": "websocket.close", "code": 1011})
+            return
+        subprotocol = next((v for n, v in action.headers if n == "sec-websocket-protocol"), None)
+        extra = tuple(pair for pair in action.headers if pair[0] not in _WS_OWN)
+        await request.send(
+            {"type": "websocket.accept", "subprotocol": subprotocol, "headers": _encode(extra)}
+        )
+        relay = _MessageRelay(request, stream, self.timeouts.idle)
+        await relay.run(first, exchange.request_id)
+
     # -- the request body ------------------------------------------------------------------
 
     async def _client_body(
@@ -566,8 +876,8 @@ def create_app(
 
 def _limits(environ: Mapping[str, str], max_body: int) -> tuple[ServerLimits, Timeouts]:
     """``SAPG_MAX_HEADER_SIZE`` (bytes, 0: none), ``SAPG_READ_TIMEOUT`` (seconds, more than
-    0) and ``SAPG_MIN_BODY_RATE`` (bytes a second, 0: none); unset: ``sapg serve``'s
-    defaults."""
+    0), ``SAPG_MIN_BODY_RATE`` (bytes a second, 0: none) and ``SAPG_IDLE_TIMEOUT`` (seconds
+    a WebSocket may stay silent, more than 0); unset: ``sapg serve``'s defaults."""
     from .cli import LoadError
 
     def number(name: str, default: float, *, positive: bool) -> float:
@@ -588,6 +898,7 @@ def _limits(environ: Mapping[str, str], max_body: int) -> tuple[ServerLimits, Ti
     timeouts = Timeouts(
         read=number("SAPG_READ_TIMEOUT", default_timeouts.read, positive=True),
         min_body_rate=number("SAPG_MIN_BODY_RATE", default_timeouts.min_body_rate, positive=False),
+        idle=number("SAPG_IDLE_TIMEOUT", default_timeouts.idle, positive=True),  # WebSockets
     )
     return ServerLimits(max_header_bytes=header, max_body_bytes=max_body), timeouts
 
