@@ -20,6 +20,7 @@ import asyncio
 import logging
 import math
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -219,6 +220,7 @@ async def serve(
     outbound: Outbound | None = None,
     services: ServiceRegistry | None = None,
     http: str = "httptools",
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve until ``shutdown`` is set, then shut down gracefully and return.
 
@@ -236,6 +238,8 @@ async def serve(
             ``grace`` seconds are cancelled.
         outbound: the upstream executor (default: a fresh pool, closed on return).
         http: the request parser, one of :data:`sapg_core.PARSER_BACKENDS`.
+        sock: a socket already bound and listening (a worker process's, inherited from
+            its supervisor) to accept on instead of binding ``host`` and ``port``.
     """
     if (gateway is None) == (gateway_factory is None):
         raise TypeError("give exactly one of gateway and gateway_factory")
@@ -245,7 +249,14 @@ async def serve(
         assert server is not None  # serving starts once it exists
         await server._accept(reader, writer)
 
-    listener = await asyncio.start_server(accept, host, port, backlog=_BACKLOG, start_serving=False)
+    if sock is not None:
+        listener = await asyncio.start_server(
+            accept, sock=sock, backlog=_BACKLOG, start_serving=False
+        )
+    else:
+        listener = await asyncio.start_server(
+            accept, host, port, backlog=_BACKLOG, start_serving=False
+        )
     own_outbound = outbound is None
     outbound = Outbound() if outbound is None else outbound
     try:
@@ -288,6 +299,7 @@ def run(
     grace: float = 10.0,
     services: ServiceRegistry | None = None,
     http: str = "httptools",
+    sock: socket.socket | None = None,
 ) -> int:
     """Run :func:`serve` until SIGINT or SIGTERM, then shut down gracefully.
 
@@ -327,6 +339,7 @@ def run(
                 grace=grace,
                 services=services,
                 http=http,
+                sock=sock,
             )
         except asyncio.CancelledError:
             return False

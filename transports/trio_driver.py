@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import trio
@@ -202,6 +203,7 @@ async def serve(
     outbound: Outbound | None = None,
     services: ServiceRegistry | None = None,
     http: str = "httptools",
+    sock: socket.socket | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown`` is set, then shut down gracefully and return.
@@ -223,11 +225,16 @@ async def serve(
             ``grace`` seconds are cancelled.
         outbound: the upstream executor (default: a fresh pool, closed on return).
         http: the request parser, one of :data:`sapg_core.PARSER_BACKENDS`.
+        sock: a socket already bound and listening (a worker process's, inherited from
+            its supervisor) to accept on instead of binding ``host`` and ``port``.
         task_status: for ``nursery.start``, which returns the bound host and port.
     """
     if (gateway is None) == (gateway_factory is None):
         raise TypeError("give exactly one of gateway and gateway_factory")
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if sock is not None:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+    else:
+        listeners = await trio.open_tcp_listeners(port, host=host)
     bound_host, bound_port = listeners[0].socket.getsockname()[:2]
     built: GatewayLike | Loaded
     if gateway is None:
@@ -280,6 +287,7 @@ def run(
     grace: float = 10.0,
     services: ServiceRegistry | None = None,
     http: str = "httptools",
+    sock: socket.socket | None = None,
 ) -> int:
     """Run :func:`serve` until SIGINT or SIGTERM, then shut down gracefully.
 
@@ -307,6 +315,7 @@ def run(
                 grace=grace,
                 services=services,
                 http=http,
+                sock=sock,
             )
             finished = True
             nursery.cancel_scope.cancel()
