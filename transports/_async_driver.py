@@ -64,6 +64,7 @@ from sapg_core import (
 )
 
 from ._common import (
+    DRAINING,
     ClientBodyError,
     ExchangeBase,
     Exchanges,
@@ -74,6 +75,7 @@ from ._common import (
     as_loaded,
     entropy,
     http_date,
+    is_key_set_fetch,
     request_received,
     try_reload,
     upstream_origin,
@@ -296,6 +298,7 @@ class AsyncDriver(Generic[ConnT]):
     def _stop_idle(self) -> None:
         """Shutting down: no new requests; connections waiting for one close now."""
         self.is_draining = True
+        DRAINING.set()
         for conn in self._connections:
             conn.http.stop_keep_alive()
             if conn.is_idle_wait:
@@ -485,6 +488,7 @@ class AsyncDriver(Generic[ConnT]):
         if exchange.is_finished:  # the client went away while we streamed its body
             return RequestAborted(request_id=exchange.request_id, now=time.time())
         if isinstance(result, ActionFailed):
+            exchange.upstream_failure = result.reason
             return result
         event, exchange.upstream = result
         return event
@@ -514,6 +518,7 @@ class AsyncDriver(Generic[ConnT]):
                 exc.reason.value,
                 exc.detail,
             )
+            exchange.upstream_failure = exc.reason
             conn.is_broken = True
             return
         await self._send(conn, conn.http.send_end())
@@ -596,6 +601,8 @@ class AsyncDriver(Generic[ConnT]):
 
     async def _send_http(self, conn: ConnT, exchange: AsyncExchange, action: SendHTTP) -> Event:
         exchange.upstream_origin = upstream_origin(action.url)
+        if is_key_set_fetch(action.url):
+            exchange.jwks_fetches += 1
         return await self.outbound.send(action)
 
     async def _log(self, conn: ConnT, exchange: AsyncExchange, action: Log) -> None:

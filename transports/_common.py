@@ -11,6 +11,7 @@ import os
 import threading
 import time
 import urllib.parse
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final, Protocol
@@ -31,6 +32,7 @@ from sapg_core import (
 from ._services import ServiceRegistry
 
 __all__ = [
+    "DRAINING",
     "SERVER_BUSY_RESPONSE",
     "ClientBodyError",
     "ExchangeBase",
@@ -44,13 +46,19 @@ __all__ = [
     "entropy",
     "header_value",
     "http_date",
+    "is_key_set_fetch",
     "next_request_id",
     "request_received",
+    "requests_in_flight",
     "try_reload",
     "upstream_origin",
 ]
 
 logger = logging.getLogger("sapg")
+
+#: Set once a server in this process stops accepting to drain (SIGTERM): the admin
+#: endpoint's ``/ready`` answers 503 from then on.
+DRAINING: Final = threading.Event()
 
 #: Request IDs: one counter for every driver, unique for the life of the process.
 next_request_id: Final[Callable[[], int]] = itertools.count(1).__next__
@@ -284,6 +292,8 @@ class ExchangeBase:
         self.status = 0  # the status sent; 0: no answer went out
         self.route = ""
         self.upstream_origin = ""
+        self.upstream_failure: FailureReason | None = None  # for the metrics
+        self.jwks_fetches = 0  # key-set fetches this request carried out (for the metrics)
         self.is_finished = False  # a final action ran, or the client went away
         self.is_body_done = False
 
@@ -301,6 +311,7 @@ class Exchanges:
 
     def __init__(self) -> None:
         self._by_id: dict[int, ExchangeBase] = {}
+        _registries.add(self)
 
     def add(self, exchange: ExchangeBase) -> None:
         self._by_id[exchange.request_id] = exchange
@@ -324,6 +335,24 @@ class Exchanges:
                 continue
             target.inbox.append(action)
             target.wake()
+
+
+_registries: weakref.WeakSet[Exchanges] = weakref.WeakSet()
+
+
+def requests_in_flight() -> int:
+    """The requests in flight in every server of this process (read from any thread)."""
+    while True:
+        try:
+            return sum(len(registry) for registry in list(_registries))
+        except RuntimeError:  # a server was created meanwhile: count again
+            continue
+
+
+def is_key_set_fetch(url: str) -> bool:
+    """Whether an outbound call (``SendHTTP``) fetches a JWKS: its path names one, as
+    Auth0's and Supabase's ``/.well-known/jwks.json`` do (for the metrics)."""
+    return "jwks" in url.lower()
 
 
 def try_reload(reload: Reload) -> GatewayLike | Loaded | None:

@@ -27,7 +27,8 @@ import logging
 import sys
 import threading
 import time
-from typing import Final, TextIO
+from collections.abc import Callable
+from typing import Any, Final, TextIO
 
 from ._common import ExchangeBase
 
@@ -170,6 +171,10 @@ class AccessLog:
 
 _access_log: AccessLog | None = None
 
+#: Takes each finished request's metrics record, once :func:`transports._metrics.enable`
+#: has set it (route, method, status or None, seconds, upstream failure, JWKS fetches).
+metrics_sink: Callable[[tuple[Any, ...]], None] | None = None
+
 
 def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
     """Send the ``sapg`` loggers to ``stream`` (stderr) at ``level``, as text or JSON lines.
@@ -214,7 +219,19 @@ def _path(target: str) -> str:
 
 
 def log_access(exchange: ExchangeBase) -> None:
-    """One line for a finished request (status ``-`` / null: the client left unanswered)."""
+    """One line for a finished request (status ``-`` / null: the client left unanswered),
+    and its record for the metrics when they are on."""
+    if metrics_sink is not None:
+        metrics_sink(
+            (
+                exchange.route,
+                exchange.method,
+                exchange.status or None,
+                time.perf_counter() - exchange.started,
+                exchange.upstream_failure,
+                exchange.jwks_fetches,
+            )
+        )
     if not access_logger.isEnabledFor(logging.INFO):
         return
     duration_ms = round((time.perf_counter() - exchange.started) * 1000, 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 from collections.abc import Callable
 from typing import Final
 
@@ -39,8 +40,18 @@ def _count(text: str) -> int:
     return value
 
 
+def _admin_port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, not {value}")
+    return value
+
+
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every driver understands (``--workers`` is the blocking driver's)."""
+    """The options every driver understands (``--threads`` is the blocking driver's)."""
     parser.add_argument(
         "--transport",
         choices=TRANSPORTS,
@@ -61,7 +72,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="the whole request head must arrive within this long, however slowly it is "
         "sent (from the accept for a connection's first request, from the head's first "
-        "byte for a later one)",
+        f"byte for a later one; default {Timeouts().header:g})",
     )
     parser.add_argument(
         "--read-timeout",
@@ -69,7 +80,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         default=Timeouts().read,
         metavar="SECONDS",
         help="a gap this long between the bytes of a request (head or body), or a write "
-        "that stalls this long, cuts the connection off",
+        f"that stalls this long, cuts the connection off (default {Timeouts().read:g})",
     )
     parser.add_argument(
         "--min-body-rate",
@@ -78,35 +89,61 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BYTES_PER_SECOND",
         help="the request body must average this rate over the time spent waiting for it, "
         "after a grace of --read-timeout seconds: it is cut off once the wait passes "
-        "read-timeout + received/rate (0: no minimum)",
+        f"read-timeout + received/rate (0: no minimum; default {Timeouts().min_body_rate:g})",
     )
     parser.add_argument(
         "--idle-timeout",
         type=_positive,
         default=Timeouts().idle,
         metavar="SECONDS",
-        help="a keep-alive connection with no new request this long is closed",
+        help="a keep-alive connection with no new request this long is closed "
+        f"(default {Timeouts().idle:g})",
     )
     parser.add_argument(
         "--max-header-size",
         type=int,
         default=ServerLimits().max_header_bytes,
         metavar="BYTES",
-        help="largest request line plus headers, 431 beyond (0: no limit)",
+        help="largest request line plus headers, 431 beyond (0: no limit; default "
+        f"{ServerLimits().max_header_bytes})",
     )
     parser.add_argument(
         "--workers",
         type=_count,
+        default=1,
+        metavar="N",
+        help="worker processes serving the one port, on every transport (default 1: this "
+        "process serves); more than 1: this process supervises them",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_count,
         default=DEFAULT_WORKERS,
         metavar="N",
-        help="h11 transport: worker threads, so requests carried out at once (idle "
-        "connections and heads still arriving hold none); past them a request is answered 503",
+        help=f"h11 transport: worker threads per process, so requests carried out at once "
+        f"(idle connections and heads still arriving hold none); past them a request is "
+        f"answered 503 (default {DEFAULT_WORKERS})",
     )
+    parser.add_argument(
+        "--admin-port",
+        type=_admin_port,
+        default=None,
+        metavar="PORT",
+        help="serve /metrics (Prometheus), /ready and /live on this port, never the public "
+        "one (default: off; 0 picks a free port)",
+    )
+    parser.add_argument(
+        "--admin-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the admin endpoint's address (default 127.0.0.1)",
+    )
+    parser.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
         default="text",
-        help="text lines or one JSON object per line (the access log included)",
+        help="text lines or one JSON object per line, the access log included (default text)",
     )
 
 
@@ -146,15 +183,18 @@ def run_driver(
     reload: Reload | None,
     limits: ServerLimits,
     timeouts: Timeouts,
-    workers: int,
+    threads: int,
     on_ready: Callable[[str, int], None],
     grace: float,
     services: ServiceRegistry | None = None,
     http: str | None = None,
+    sock: socket.socket | None = None,
 ) -> int:
     """Run the chosen driver until SIGINT/SIGTERM; its exit code.
 
-    ``http`` is the request parser (see :func:`check_http`, which refuses a mismatch).
+    ``http`` is the request parser (see :func:`check_http`, which refuses a mismatch);
+    ``threads`` the blocking driver's; ``sock`` a listening socket to serve instead of
+    binding ``host``:``port`` (a worker process's).
     """
     backend = check_http(transport, http)
     if transport == "h11":
@@ -168,10 +208,11 @@ def run_driver(
             reload=reload,
             limits=limits,
             timeouts=timeouts,
-            workers=workers,
+            workers=threads,
             on_ready=on_ready,
             grace=grace,
             services=services,
+            sock=sock,
         )
     if transport == "asyncio":
         from . import asyncio_driver as driver
@@ -191,4 +232,5 @@ def run_driver(
         grace=grace,
         services=services,
         http=backend,
+        sock=sock,
     )

@@ -8,10 +8,12 @@ trace that cannot be read or parsed at all, or bad usage.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from sapg_core import (
     CompileResult,
@@ -28,12 +30,20 @@ from sapg_core import (
     split_target,
 )
 
-from ._common import Loaded
+from ._admin import AdminServer, start_admin
+from ._common import DRAINING, Loaded
 from ._demo import demo_config
 from ._logging import configure_logging, flush_access_log
 from ._record import TraceRecorder
-from ._serve import _positive, add_server_arguments, check_http, run_driver, timeouts_from
+from ._serve import (
+    _positive,
+    add_server_arguments,
+    check_http,
+    run_driver,
+    timeouts_from,
+)
 from ._services import ServiceRegistry, check_services, load_services, parse_binding
+from ._supervisor import Worker, supervise, worker_from
 from .replay import cmd_replay
 
 DEFAULT_PORT = 8787
@@ -130,17 +140,23 @@ def load_config_services(
 
 
 def report_start_up(
-    source: str, result: CompileResult, services: Sequence[Diagnostic], *, strict: bool
+    source: str,
+    result: CompileResult,
+    services: Sequence[Diagnostic],
+    *,
+    strict: bool,
+    quiet: bool = False,
 ) -> None:
     """Print the config's errors and warnings and the services' warnings to stderr, as a
-    server starts (or reloads).
+    server starts (or reloads); ``quiet`` prints nothing (worker processes after the first,
+    whose findings are the first's).
 
     Raises:
         StartRefused: strict mode, and a config error or a service warning.
     """
-    for diag in result.errors:
+    for diag in () if quiet else result.errors:
         print(f"sapg: config error: {source}: {diag}", file=sys.stderr)
-    for diag in (*result.warnings, *services):
+    for diag in () if quiet else (*result.warnings, *services):
         print(f"sapg: warning: {source}: {diag}", file=sys.stderr)
     if strict and result.errors:
         raise StartRefused(f"{source}: invalid config, refusing to start (strict mode)")
@@ -247,6 +263,10 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except ValueError as exc:
         raise LoadError(str(exc)) from None
     configure_logging(args.log_level, args.log_format)
+    _settle_options(args, env)
+    if args.worker_of is None and args.workers > 1:
+        return _supervise(args, env)
+    worker = _worker(args)
     strict = args.strict or strict_from_env(env)
     loaded = read_config(args.config, env)
     limits = ServerLimits(max_header_bytes=args.max_header_size, max_body_bytes=args.max_body_size)
@@ -257,7 +277,8 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         result = _compile(raw, source, env, strict=strict)
         registry, found = load_config_services(result.config, args.config, args.binding)
         registries.append(registry)
-        report_start_up(source, result, found, strict=strict)
+        quiet = worker is not None and worker.index > 0
+        report_start_up(source, result, found, strict=strict, quiet=quiet)
         built = Gateway(
             result.config,
             max_body_bytes=args.max_body_size,
@@ -286,27 +307,84 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             raise LoadError(f"{source}: {len(errors)} error(s): " + "; ".join(map(str, errors)))
         return build(raw, source)
 
+    driver: dict[str, Any] = dict(
+        gateway=None if first is None else first.gateway,
+        gateway_factory=factory,
+        reload=reload,
+        limits=limits,
+        timeouts=timeouts_from(args),
+        threads=args.threads,
+        grace=args.grace,
+        services=None if first is None else first.services,
+        http=http,
+    )
     try:
-        return _run_listening(
-            args,
-            gateway=None if first is None else first.gateway,
-            gateway_factory=factory,
-            reload=reload,
-            limits=limits,
-            timeouts=timeouts_from(args),
-            workers=args.workers,
-            grace=args.grace,
-            services=None if first is None else first.services,
-            http=http,
-        )
+        return _serve_here(args, worker, driver)
     finally:
         flush_access_log()  # the lines of the last requests (at exit too: belt and braces)
         for registry in registries:
             registry.close()
 
 
-def _run_listening(args: argparse.Namespace, **driver: Any) -> int:
-    """:func:`run_driver` on ``--host``/``--port``, announcing the address once bound.
+def _settle_options(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """``SAPG_CONFIG`` is the config file when ``--config`` is absent (as under ASGI;
+    ``SAG_API_CONFIG_JSON`` comes after it); the admin port is never the public one.
+
+    Raises:
+        LoadError: ``--admin-port`` is ``--port``.
+    """
+    if args.config is None and env.get("SAPG_CONFIG", "").strip():
+        args.config = env["SAPG_CONFIG"].strip()
+    if args.admin_port and args.admin_port == args.port:
+        raise LoadError("--admin-port must not be the public --port")
+
+
+def _worker(args: argparse.Namespace) -> Worker | None:
+    """What this process got from its supervisor, if it is a worker process."""
+    if args.worker_of is None:
+        return None
+    try:
+        return worker_from(args.worker_of)
+    except ValueError as exc:
+        raise LoadError(f"cannot serve as a worker process: {exc}") from None
+
+
+def _serve_here(args: argparse.Namespace, worker: Worker | None, driver: dict[str, Any]) -> int:
+    """Serve from this process: on ``--host``/``--port``, or on a worker's inherited socket;
+    with the admin endpoint when asked (a worker's metrics go to its supervisor's)."""
+    listening = threading.Event()
+    admin = None
+    try:
+        if args.admin_port is not None:
+            from . import _metrics
+
+            exposition = _metrics.enable()
+            if worker is None:
+                admin = _start_admin(args, exposition, lambda: _state(listening))
+        if worker is not None:
+            return run_driver(
+                args.transport,
+                host=args.host,
+                port=args.port,
+                on_ready=worker.on_ready,
+                sock=worker.sock,
+                **driver,
+            )
+        return _run_listening(args, on_listening=listening.set, **driver)
+    finally:
+        if admin is not None:
+            admin.close()
+
+
+def _run_listening(
+    args: argparse.Namespace,
+    *,
+    run: Callable[..., int] = run_driver,
+    on_listening: Callable[[], None] | None = None,
+    **driver: Any,
+) -> int:
+    """``run`` (:func:`run_driver`, or :func:`supervise` for worker processes) on
+    ``--host``/``--port``, announcing the address once bound (and calling ``on_listening``).
 
     Raises:
         BindFailed: the address cannot be bound (in use, no such host): one line, exit 1.
@@ -316,6 +394,8 @@ def _run_listening(args: argparse.Namespace, **driver: Any) -> int:
     def on_ready(host: str, port: int) -> None:
         nonlocal ready
         ready = True
+        if on_listening is not None:  # first: /ready says so once the line is out
+            on_listening()
         print(
             f"sapg: listening on http://{_url_host(host)}:{port} (transport={args.transport})",
             file=sys.stderr,
@@ -323,15 +403,59 @@ def _run_listening(args: argparse.Namespace, **driver: Any) -> int:
         )
 
     try:
-        return run_driver(
-            args.transport, host=args.host, port=args.port, on_ready=on_ready, **driver
-        )
+        return run(args.transport, host=args.host, port=args.port, on_ready=on_ready, **driver)
     except (OSError, ExceptionGroup) as exc:
         cause = None if ready else _only_os_error(exc)  # a fault while serving keeps its trace
         if cause is None:
             raise
         address = f"{_url_host(args.host)}:{args.port}"
         raise BindFailed(f"error: cannot listen on {address}: {cause.strerror or cause}") from None
+
+
+def _supervise(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """``--workers N``: this process binds, starts N workers and supervises them."""
+    if args.record is not None:
+        raise LoadError("--record writes one trace per process: use it with --workers 1")
+    read_config(args.config, env)  # a config that cannot be read at all: one line, exit 2
+
+    def admin(metrics_dir: str | None, state: Callable[[], str]) -> Callable[[], None]:
+        from ._metrics import collector_for
+
+        assert metrics_dir is not None
+        return _start_admin(args, collector_for(metrics_dir), state).close
+
+    return _run_listening(
+        args,
+        run=supervise,
+        workers=args.workers,
+        argv=args.argv,
+        grace=args.grace,
+        admin=None if args.admin_port is None else admin,
+    )
+
+
+def _start_admin(
+    args: argparse.Namespace, collect: Callable[[], bytes], state: Callable[[], str]
+) -> AdminServer:
+    """The admin endpoint on ``--admin-host``/``--admin-port``, announced.
+
+    Raises:
+        BindFailed: its address cannot be bound.
+    """
+    try:
+        return start_admin(args.admin_host, args.admin_port, collect=collect, state=state)
+    except OSError as exc:
+        address = f"{_url_host(args.admin_host)}:{args.admin_port}"
+        raise BindFailed(
+            f"error: cannot listen on {address} (admin): {exc.strerror or exc}"
+        ) from None
+
+
+def _state(listening: threading.Event) -> str:
+    """``/ready``'s state of a single-process server."""
+    if DRAINING.is_set():
+        return "draining"
+    return "ready" if listening.is_set() else "starting"
 
 
 def _only_os_error(exc: BaseException) -> OSError | None:
@@ -362,19 +486,92 @@ def _url_host(host: str) -> str:
 # -- entry point ------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def version() -> str:
+    """The installed ``sapg`` distribution's version."""
+    try:
+        return importlib.metadata.version("sapg")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+#: The environment variables ``sapg serve`` takes as defaults for its options, with the same
+#: meaning as under the ASGI factory (``transports.asgi.create_app``); an option given on the
+#: command line wins. ``SAPG_CONFIG`` (the config file) is read by :func:`cmd_serve`.
+ENV_OPTIONS: Final = {
+    "SAPG_MAX_BODY_SIZE": "--max-body-size",
+    "SAPG_MAX_HEADER_SIZE": "--max-header-size",
+    "SAPG_READ_TIMEOUT": "--read-timeout",
+    "SAPG_MIN_BODY_RATE": "--min-body-rate",
+    "SAPG_SERVICE_TIMEOUT": "--service-timeout",
+    "SAPG_LOG_LEVEL": "--log-level",
+    "SAPG_LOG_FORMAT": "--log-format",
+    "SAPG_BINDINGS": "--binding",
+}
+
+
+def env_defaults(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Make the :data:`ENV_OPTIONS` set in ``env`` the defaults of ``parser``'s options.
+
+    Raises:
+        LoadError: a value the option would refuse (exit 2), naming the variable.
+    """
+    actions = {option: action for action in parser._actions for option in action.option_strings}
+    defaults: dict[str, object] = {}
+    for name, option in ENV_OPTIONS.items():
+        text = env.get(name, "").strip()
+        if not text:
+            continue
+        action = actions[option]
+        value: object
+        try:
+            if option == "--binding":  # comma-separated, as SAPG_BINDINGS under ASGI
+                value = [_binding_spec(part.strip()) for part in text.split(",") if part.strip()]
+            else:
+                if option == "--log-level":
+                    text = text.lower()
+                value = action.type(text) if callable(action.type) else text
+                if action.choices is not None and value not in action.choices:
+                    raise ValueError("must be one of " + ", ".join(map(str, action.choices)))
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise LoadError(f"{name}={text!r} ({option}): {exc}") from None
+        defaults[action.dest] = value
+    parser.set_defaults(**defaults)
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The ``sapg`` parser; with ``env``, the ``SAPG_*`` variables of :data:`ENV_OPTIONS`
+    are ``sapg serve``'s defaults.
+
+    Raises:
+        LoadError: such a variable holds a value its option refuses.
+    """
     parser = argparse.ArgumentParser(prog="sapg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sapg {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the gateway")
+    serve = sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway. Options also come from SAPG_* environment variables "
+        "(SAPG_CONFIG, SAPG_MAX_BODY_SIZE, ...; see docs/configuration.md); the command "
+        "line wins.",
+    )
     serve.add_argument(
         "--config",
         metavar="PATH",
-        help="JSON config (default: $SAG_API_CONFIG_JSON, else a built-in demo)",
+        help="JSON config (default: $SAPG_CONFIG, else the inline JSON in "
+        "$SAG_API_CONFIG_JSON, else a built-in demo)",
     )
-    serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help="0 to 65535; 0 picks a free port"
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on, IPv4 or IPv6 (default 127.0.0.1; 0.0.0.0: every interface)",
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"0 to 65535; 0 picks a free port (default {DEFAULT_PORT})",
     )
     add_server_arguments(serve)  # --transport, timeouts, --max-header-size, --workers, ...
     serve.add_argument(
@@ -387,20 +584,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_MAX_BODY,
         metavar="BYTES",
-        help="largest request body accepted, 413 beyond (0: no limit)",
+        help=f"largest request body accepted, 413 beyond (0: no limit; default {DEFAULT_MAX_BODY})",
     )
     serve.add_argument(
         "--grace",
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="on SIGINT/SIGTERM, time given to in-flight requests",
+        help="on SIGINT/SIGTERM, time given to in-flight requests (default 10)",
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="info logs each request (the access log), warning does not (default info)",
+    )
     serve.add_argument(
         "--record",
         metavar="TRACE",
-        help="write every event and action to TRACE (JSON lines, mode 0600; holds credentials)",
+        help="write every event and action to TRACE (JSON lines, mode 0600; holds "
+        "credentials; default: none)",
     )
     _add_binding_argument(serve)
     serve.add_argument(
@@ -411,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="time a service, binding or hook may take, 504 after (default 30)",
     )
     serve.set_defaults(func=cmd_serve)
+    if env is not None:
+        env_defaults(serve, env)
 
     check = sub.add_parser("check", help="validate a config; exit 1 on errors")
     check.add_argument("path")
@@ -458,8 +663,15 @@ def _add_binding_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     env = dict(os.environ)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(env)
+    except LoadError as exc:
+        print(f"sapg: {exc}", file=sys.stderr)
+        return exc.exit_code
+    args = parser.parse_args(arguments)
+    args.argv = arguments  # a supervisor gives its workers the same arguments
     try:
         code: int = args.func(args, env)
     except LoadError as exc:

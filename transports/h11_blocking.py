@@ -68,6 +68,7 @@ from sapg_core import (
 )
 
 from ._common import (
+    DRAINING,
     SERVER_BUSY_RESPONSE,
     ClientBodyError,
     ExchangeBase,
@@ -80,6 +81,7 @@ from ._common import (
     as_loaded,
     entropy,
     http_date,
+    is_key_set_fetch,
     request_received,
     try_reload,
     upstream_origin,
@@ -568,6 +570,7 @@ class BlockingServer:
         """Close idle connections; let heads under way and requests in flight finish
         within ``grace``."""
         self.is_draining = True
+        DRAINING.set()
         for conn in list(self._connections):
             conn.http.stop_keep_alive()
         for conn in list(self._parked):
@@ -725,6 +728,7 @@ class BlockingServer:
         if exchange.is_finished:  # the client went away while we streamed its body
             return RequestAborted(request_id=exchange.request_id, now=time.time())
         if isinstance(result, ActionFailed):
+            exchange.upstream_failure = result.reason
             return result
         event, exchange.upstream = result
         return event
@@ -754,6 +758,7 @@ class BlockingServer:
                 exc.reason.value,
                 exc.detail,
             )
+            exchange.upstream_failure = exc.reason
             conn.is_broken = True
             return
         self._send(conn, conn.http.send_end())
@@ -790,6 +795,8 @@ class BlockingServer:
 
     def _send_http(self, conn: _Connection, exchange: _Exchange, action: SendHTTP) -> Event:
         exchange.upstream_origin = upstream_origin(action.url)
+        if is_key_set_fetch(action.url):
+            exchange.jwks_fetches += 1
         return self.outbound.send(action)
 
     def _log(self, conn: _Connection, exchange: _Exchange, action: Log) -> None:
@@ -909,6 +916,7 @@ def serve(
     grace: float = 10.0,
     outbound: SyncOutbound | None = None,
     services: ServiceRegistry | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve until :meth:`BlockingServer.shutdown`, then shut down gracefully and return.
 
@@ -926,10 +934,12 @@ def serve(
         on_server: called with the server before accepting (to shut it down later).
         grace: on shutdown, how long in-flight requests may take to finish.
         outbound: the upstream executor (default: a fresh pool, closed on return).
+        sock: a socket already bound and listening (a worker process's, inherited from
+            its supervisor) to accept on instead of binding ``host`` and ``port``.
     """
     if (gateway is None) == (gateway_factory is None):
         raise TypeError("give exactly one of gateway and gateway_factory")
-    listener = _listen(host, port)
+    listener = _listen(host, port) if sock is None else sock
     bound_host, bound_port = listener.getsockname()[:2]
     built: GatewayLike | Loaded
     if gateway is None:
@@ -973,6 +983,7 @@ def run(
     on_ready: Callable[[str, int], None] | None = None,
     grace: float = 10.0,
     services: ServiceRegistry | None = None,
+    sock: socket.socket | None = None,
 ) -> int:
     """Run :func:`serve` until SIGINT or SIGTERM, then shut down gracefully (main thread only).
 
@@ -1016,6 +1027,7 @@ def run(
             on_server=servers.append,
             grace=grace,
             services=services,
+            sock=sock,
         )
     except _HardStop:
         return 1

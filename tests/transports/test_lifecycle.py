@@ -65,7 +65,7 @@ def test_sigterm_answers_all_50_in_flight_requests_then_exits(
     kind: str, upstream: StreamingUpstream, tmp_path: Path
 ) -> None:
     args = ["--grace", "20", "--log-level", "warning"]
-    args += ["--workers", "80"] if kind == "h11" else []  # a thread per connection
+    args += ["--threads", "80"] if kind == "h11" else []  # a thread per connection
     server = start(kind, proxy_config(upstream), tmp_path, args=args)
     try:
         idle = Client(server.connect())
@@ -258,7 +258,7 @@ def test_200_concurrent_keep_alive_clients_are_all_answered(
 def test_blocking_driver_answers_503_when_its_workers_are_busy(
     upstream: StreamingUpstream, tmp_path: Path
 ) -> None:
-    server = start("h11", proxy_config(upstream), tmp_path, args=["--workers", "2"])
+    server = start("h11", proxy_config(upstream), tmp_path, args=["--threads", "2"])
     try:
         idle = [Client(server.connect()) for _ in range(3)]
         for client in idle:  # idle keep-alive connections hold no worker
@@ -288,7 +288,7 @@ def test_blocking_driver_with_one_worker_serves_requests_one_after_another(
 ) -> None:
     # Each head arrives while the worker may still be finishing the previous request
     # (its log line, its bookkeeping): it waits a moment for the worker, no 503.
-    server = start("h11", proxy_config(upstream), tmp_path, args=["--workers", "1"])
+    server = start("h11", proxy_config(upstream), tmp_path, args=["--threads", "1"])
     try:
         clients = [Client(server.connect()) for _ in range(10)]
         for _ in range(3):

@@ -5,7 +5,7 @@
 - A body dribbled under ``--min-body-rate`` is cut off once the rate's grace is spent; a
   body that is slow but keeps the rate is not.
 - Meanwhile other clients are served.
-- The blocking driver with ``--workers 4``: eight sockets dribbling their heads (half of
+- The blocking driver with ``--threads 4``: eight sockets dribbling their heads (half of
   them after a first request on the same connection) hold no worker, so a normal
   request is answered, not refused 503.
 """
@@ -149,7 +149,7 @@ def test_a_body_under_the_minimum_rate_is_cut_off_and_a_slow_one_above_it_is_not
 def test_dribbling_heads_take_no_worker_of_the_blocking_driver(
     upstream: StreamingUpstream, tmp_path: Path
 ) -> None:
-    args = ["--workers", "4", "--header-timeout", "10", "--read-timeout", "10"]
+    args = ["--threads", "4", "--header-timeout", "10", "--read-timeout", "10"]
     with running("h11", config(upstream), tmp_path, args=args) as server:
         stop = threading.Event()
         head = b"GET /health HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 1000
