@@ -506,6 +506,7 @@ ENV_OPTIONS: Final = {
     "SAPG_LOG_LEVEL": "--log-level",
     "SAPG_LOG_FORMAT": "--log-format",
     "SAPG_BINDINGS": "--binding",
+    "SAPG_FORWARDED_ALLOW_IPS": "--forwarded-allow-ips",
 }
 
 
@@ -521,7 +522,9 @@ def env_defaults(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> Non
         text = env.get(name, "").strip()
         if not text:
             continue
-        action = actions[option]
+        action = actions.get(option)
+        if action is None:
+            continue
         value: object
         try:
             if option == "--binding":  # comma-separated, as SAPG_BINDINGS under ASGI
