@@ -29,12 +29,14 @@ client left first).
 from __future__ import annotations
 
 import atexit
+import bisect
 import collections
 import logging
+import operator
 import os
 import threading
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import (
     CollectorRegistry,
@@ -144,27 +146,29 @@ class Metrics:
         """Count every queued request now, and read the requests in flight."""
         with self._lock:
             queue = self._queue
-            counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
-            failures: collections.Counter[str] = collections.Counter()
-            fetches = 0
-            durations: dict[str, list[float]] = {}
-            while queue:
-                route, method, status, seconds, failure, jwks = queue.popleft()
-                if method not in _METHODS:
-                    method = "OTHER"
-                counts[route, method, "-" if status is None else str(status)] += 1
-                durations.setdefault(route, []).append(seconds)
-                if failure is not None and failure in UPSTREAM_CODES:
-                    failures[UPSTREAM_CODES[failure]] += 1
-                fetches += jwks
-            for labels, count in counts.items():
+            batch = [queue.popleft() for _ in range(len(queue))]  # others append meanwhile
+            counts: collections.Counter[tuple[str, str, int | None]] = collections.Counter(
+                map(operator.itemgetter(0, 1, 2), batch)  # counted in C
+            )
+            requests: collections.Counter[tuple[str, str, str]] = collections.Counter()
+            for (route, method, status), count in counts.items():  # one per label set
+                method = method if method in _METHODS else "OTHER"
+                requests[route, method, "-" if status is None else str(status)] += count
+            for labels, count in requests.items():
                 self.requests.labels(*labels).inc(count)
+            durations: dict[str, list[float]] = {}
+            for route, seconds in map(operator.itemgetter(0, 3), batch):
+                durations.setdefault(route, []).append(seconds)
             for route, values in durations.items():
-                child = self.duration.labels(route)
-                for seconds in values:
-                    child.observe(seconds)
+                _observe_all(self.duration.labels(route), values)
+            failures = collections.Counter(
+                UPSTREAM_CODES[failure]
+                for failure in map(operator.itemgetter(4), batch)
+                if failure is not None and failure in UPSTREAM_CODES
+            )
             for code, count in failures.items():
                 self.upstream_failures.labels(code).inc(count)
+            fetches = sum(map(operator.itemgetter(5), batch))
             if fetches:
                 self.jwks_fetches.inc(fetches)
             self.in_flight.set(requests_in_flight())
@@ -182,6 +186,30 @@ class Metrics:
                 self.flush()
             except Exception:  # never let a metrics fault end the counting
                 logger.exception("metrics: counting failed")
+
+
+def _observe_all(child: Any, values: list[float]) -> None:
+    """``child.observe`` of every value, done as one ``inc`` per bucket and one of the sum.
+
+    A ``prometheus_client`` histogram keeps a value per bucket (the exposition adds them
+    up) and the sum; counting a batch into them at once gives the same numbers as one
+    ``observe`` per value at a fraction of the cost. Without those attributes (another
+    ``prometheus_client``), each value is observed.
+    """
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for seconds in values:
+            child.observe(seconds)
+        return
+    counts = [0] * len(bounds)
+    for seconds in values:  # observe() takes the first bucket with seconds <= bound
+        counts[bisect.bisect_left(bounds, seconds)] += 1
+    for index, count in enumerate(counts):
+        if count:
+            buckets[index].inc(count)
+    total.inc(sum(values))
 
 
 #: The metrics of this process, once :func:`enable` ran (read on every request).

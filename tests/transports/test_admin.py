@@ -247,3 +247,23 @@ def test_the_admin_port_cannot_be_the_public_port() -> None:
     )
     assert done.returncode == 2
     assert "--admin-port must not be the public --port" in done.stderr
+
+
+def test_a_counted_batch_gives_the_histogram_one_observe_per_value_gives() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from transports._metrics import BUCKETS, _observe_all
+
+    values = [*BUCKETS, 0.0, 0.0004, 0.003, 0.07, 0.7, 7.0, 70.0] * 3  # bounds are <= buckets
+    one, batch = CollectorRegistry(), CollectorRegistry()
+    observed = Histogram("d", "d", ["route"], buckets=BUCKETS, registry=one)
+    counted = Histogram("d", "d", ["route"], buckets=BUCKETS, registry=batch)
+    for seconds in values:
+        observed.labels("r").observe(seconds)
+    _observe_all(counted.labels("r"), values)
+
+    def lines(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return [line for line in text.splitlines() if "_created" not in line]
+
+    assert lines(batch) == lines(one)
