@@ -33,7 +33,6 @@ import bisect
 import collections
 import logging
 import operator
-import os
 import threading
 from collections.abc import Callable
 from typing import Any, Final
@@ -217,15 +216,14 @@ active: Metrics | None = None
 _registry: CollectorRegistry | None = None
 
 
-def enable() -> Callable[[], bytes]:
+def enable(*, worker: bool = False) -> Callable[[], bytes]:
     """Turn the metrics on in this process; returns the exposition of this process alone.
 
-    In a worker process (``PROMETHEUS_MULTIPROC_DIR`` set) the values go to that
-    directory for the supervisor to sum; the returned function is then not used.
+    In a ``worker`` process (its supervisor set ``PROMETHEUS_MULTIPROC_DIR``) the values
+    go to that directory for the supervisor to sum; the returned function is not used.
     """
     global active, _registry
     if active is None:
-        worker = bool(os.environ.get(MULTIPROC_ENV))
         _registry = None if worker else CollectorRegistry()
         active = Metrics(_registry)
         _logging.metrics_sink = active.add

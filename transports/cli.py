@@ -358,7 +358,7 @@ def _serve_here(args: argparse.Namespace, worker: Worker | None, driver: dict[st
         if args.admin_port is not None:
             from . import _metrics
 
-            exposition = _metrics.enable()
+            exposition = _metrics.enable(worker=worker is not None)
             if worker is None:
                 admin = _start_admin(args, exposition, lambda: _state(listening))
         if worker is not None:
