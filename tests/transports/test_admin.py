@@ -267,3 +267,35 @@ def test_a_counted_batch_gives_the_histogram_one_observe_per_value_gives() -> No
         return [line for line in text.splitlines() if "_created" not in line]
 
     assert lines(batch) == lines(one)
+
+
+def test_jwks_fetches_are_counted(upstream: StreamingUpstream, tmp_path: Path) -> None:
+    import base64
+
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    gateway_config = {
+        "authorizer": {
+            "type": "auth0",
+            "domain": "tenant.example.com",
+            "client_id": "id",
+            "client_secret": "secret",
+            "redirect_uri": "https://app.example.com/callback",
+            "scope": "openid",
+            "jwks_uri": f"{upstream.url}/.well-known/jwks.json",  # answers no key set
+        },
+        "paths": [{"method": "GET", "path": "/private", "auth": True, "response": {"ok": 1}}],
+    }
+    token = f"{part({'alg': 'RS256', 'kid': 'k1', 'typ': 'JWT'})}.{part({'sub': 'x'})}.c2ln"
+    server = start("trio", gateway_config, tmp_path, args=["--admin-port", "0"])
+    try:
+        port = admin_port(server)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("GET", "/private", headers={"Authorization": f"Bearer {token}"})
+        status = conn.getresponse().status
+        conn.close()
+        assert status in (401, 502, 503), status  # no usable key: refused either way
+        wait_until(lambda: value(scrape(port), "sapg_jwks_fetches_total") == 1)
+    finally:
+        stop(server)
