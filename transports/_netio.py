@@ -88,8 +88,11 @@ class TrioDeadline(Deadline):
 
     __slots__ = ("_scope",)
 
-    def __init__(self) -> None:
-        self._scope = trio.CancelScope()
+    def __init__(self, seconds: float | None = None) -> None:
+        """Args: seconds: the first deadline, from now (None: none yet); set at creation, it
+        costs no move."""
+        at = math.inf if seconds is None else trio.current_time() + seconds
+        self._scope = trio.CancelScope(deadline=at)
 
     def __enter__(self) -> TrioDeadline:
         self._scope.__enter__()
@@ -131,10 +134,15 @@ class AsyncioDeadline(Deadline):
 
     __slots__ = ("_at", "_loop", "_timeout")
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float | None = None) -> None:
+        """Args: as :class:`TrioDeadline`."""
         self._loop = asyncio.get_running_loop()
-        self._timeout = asyncio.timeout(None)
-        self._at = math.inf
+        if seconds is None:
+            self._at = math.inf
+            self._timeout = asyncio.timeout(None)
+        else:
+            self._at = self._loop.time() + seconds
+            self._timeout = asyncio.timeout_at(self._at)
 
     async def __aenter__(self) -> AsyncioDeadline:
         await self._timeout.__aenter__()
@@ -206,50 +214,89 @@ def describe(exc: BaseException) -> str:
     return ": ".join(parts) or type(exc).__name__
 
 
-def _readable(fileno: int) -> bool:
-    """Whether a socket has bytes, EOF or an error to report (``poll``: any descriptor number)."""
-    poller = select.poll()
-    try:
-        poller.register(fileno, select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(0))
-    except (OSError, ValueError):  # closed under us
-        return True
+class _Poller:
+    """Whether a socket has bytes, EOF or an error to report, without blocking.
+
+    One ``poll`` object per connection, the descriptor registered once: each
+    check is then a single ``poll(0)`` call (``poll``, not ``select``: any
+    descriptor number). Made with the connection, dropped with it (the number
+    may be reused once the socket is closed).
+    """
+
+    __slots__ = ("_poll",)
+
+    def __init__(self, fileno: int) -> None:
+        self._poll: select.poll | None = select.poll()
+        try:
+            self._poll.register(fileno, select.POLLIN | select.POLLPRI)
+        except (OSError, ValueError):  # closed already
+            self._poll = None
+
+    def readable(self) -> bool:
+        if self._poll is None:
+            return True
+        try:
+            return bool(self._poll.poll(0))
+        except (OSError, ValueError):  # closed under us
+            return True
 
 
 # -- trio ----------------------------------------------------------------------------------
 
 
 class TrioStream:
-    """An upstream connection on trio (TCP, or TLS over it)."""
+    """An upstream connection on trio (TCP, or TLS over it).
 
-    __slots__ = ("_raw", "_stream")
+    Plain TCP moves bytes on the trio socket itself (its non-blocking call is
+    tried first, and the task waits only when the socket would block): the
+    :class:`trio.SocketStream` wrapper adds two context managers and a
+    conflict check per call, and buys nothing here, where one task at a time
+    holds the connection. TLS goes through :class:`trio.SSLStream`.
+    """
+
+    __slots__ = ("_poller", "_raw", "_sock", "_tls")
 
     def __init__(
         self, raw: trio.SocketStream, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
     ) -> None:
         self._raw = raw
-        self._stream = stream
+        self._sock = raw.socket
+        self._tls = stream if isinstance(stream, trio.SSLStream) else None
+        self._poller = _Poller(self._sock.fileno())
 
     async def receive(self, deadline: float | None = None) -> bytes:
         """Some bytes (``b""`` at EOF); ``deadline`` (seconds from now) when no scope is around."""
         if deadline is None:
-            return bytes(await self._stream.receive_some(READ_SIZE))
+            return await self._receive()
         with trio.move_on_after(deadline) as scope:
-            return bytes(await self._stream.receive_some(READ_SIZE))
+            return await self._receive()
         assert scope.cancelled_caught
         raise TimeoutError("upstream read timed out")
 
+    async def _receive(self) -> bytes:
+        if self._tls is not None:
+            return bytes(await self._tls.receive_some(READ_SIZE))
+        return await self._sock.recv(READ_SIZE)
+
     async def send(self, data: bytes) -> None:
-        await self._stream.send_all(data)
+        if self._tls is not None:
+            await self._tls.send_all(data)
+            return
+        sock = self._sock
+        sent = await sock.send(data)
+        if sent < len(data):  # the kernel's buffer is full: the rest as it drains
+            view = memoryview(data)[sent:]
+            while view:
+                view = view[await sock.send(view) :]
 
     def is_stale(self) -> bool:
-        if isinstance(self._stream, trio.SSLStream) and self._stream.pending():
+        if self._tls is not None and self._tls.pending():
             return True
-        return _readable(self._raw.socket.fileno())
+        return self._poller.readable()
 
     def close(self) -> None:
         """Close at once (no TLS close_notify: the connection is simply dropped)."""
-        self._raw.socket.close()
+        self._sock.close()
 
 
 async def connect_trio(host: str, port: int, tls: ssl.SSLContext | None) -> TrioStream:
@@ -407,11 +454,12 @@ async def connect_asyncio(host: str, port: int, tls: ssl.SSLContext | None) -> A
 class BlockingStream:
     """An upstream connection on a blocking socket (TCP, or TLS over it)."""
 
-    __slots__ = ("_sock", "_timeout")
+    __slots__ = ("_poller", "_sock", "_timeout")
 
     def __init__(self, sock: socket.socket, timeout: float | None) -> None:
         self._sock = sock
         self._timeout = timeout
+        self._poller = _Poller(sock.fileno())
 
     def set_timeout(self, seconds: float | None) -> None:
         """The timeout of each read and write from now on (a syscall only when it changes)."""
@@ -429,7 +477,7 @@ class BlockingStream:
         sock = self._sock
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True
-        return _readable(sock.fileno())
+        return self._poller.readable()
 
     def close(self) -> None:
         self._sock.close()

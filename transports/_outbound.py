@@ -580,7 +580,7 @@ class Outbound:
         holder: list[_Upstream] = []
         phase = "connect"
         try:
-            async with self._deadline() as deadline:
+            async with self._deadline(request.read_timeout) as deadline:
                 upstream = await self._acquire(request, holder, deadline)
                 phase = "send"
                 deadline.move(request.read_timeout)
@@ -706,8 +706,10 @@ class Outbound:
             is_trio = self._trio = library == "trio"
         return is_trio
 
-    def _deadline(self) -> TrioDeadline | AsyncioDeadline:
-        return TrioDeadline() if self._is_trio() else AsyncioDeadline()
+    def _deadline(self, seconds: float) -> TrioDeadline | AsyncioDeadline:
+        """The exchange's deadline, first ``seconds`` from now (a reused connection's write and
+        read need no other)."""
+        return TrioDeadline(seconds) if self._is_trio() else AsyncioDeadline(seconds)
 
     async def _acquire(
         self, request: _Request, holder: list[_Upstream], deadline: TrioDeadline | AsyncioDeadline
