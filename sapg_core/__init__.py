@@ -77,6 +77,16 @@ from ._events import (
     ServiceReturned as ServiceReturned,
     UpstreamResponded as UpstreamResponded,
 )
+from ._forwarded import (
+    DEFAULT_FORWARDED_ALLOW_IPS as DEFAULT_FORWARDED_ALLOW_IPS,
+    MAX_REQUEST_ID_LENGTH as MAX_REQUEST_ID_LENGTH,
+    REQUEST_ID_HEADER as REQUEST_ID_HEADER,
+    TrustedProxies as TrustedProxies,
+    client_address as client_address,
+    forwarded_headers as forwarded_headers,
+    is_valid_request_id as is_valid_request_id,
+    request_id_for as request_id_for,
+)
 from ._gateway import (
     POWERED_BY as POWERED_BY,
     Gateway as Gateway,

@@ -57,6 +57,10 @@ class RequestReceived(Event):
         entropy: random bytes from the transport (32 is plenty).
         scheme: ``http`` or ``https``, as the listener sees it.
         host: the ``Host`` the client used, for building absolute URLs.
+        client: the peer's IP address as the listener sees it (``""``: unknown,
+            e.g. a trace recorded before this field existed). Whose
+            ``X-Forwarded-*`` fields are believed depends on it (see
+            ``sapg_core._forwarded``).
     """
 
     request_id: int
@@ -67,6 +71,7 @@ class RequestReceived(Event):
     entropy: bytes = b""
     scheme: str = "http"
     host: str = ""
+    client: str = ""
 
 
 @attrs.frozen(kw_only=True)

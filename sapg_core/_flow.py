@@ -79,6 +79,9 @@ class Request:
     #: The method as Fetch normalises it: only the six standard names are
     #: upper-cased (``get`` is ``GET``, ``patch`` stays ``patch``).
     method: str
+    #: The request's ``X-Request-Id`` (see ``request_id_for``): sent upstream and
+    #: on the answer.
+    x_request_id: str = ""
 
     @property
     def id(self) -> int:

@@ -21,6 +21,15 @@ the one place that turns them into responses (with CORS and X-Powered-By).
 An event for a request that has no pending action, or of a type the pending
 action cannot produce, raises :class:`IllegalTransition` and changes nothing.
 
+Every request has an id (:func:`request_id_for`: the client's valid
+``X-Request-Id``, else one made from the request's entropy). The gateway *sets*
+``X-Request-Id`` on every final answer (:meth:`_with_request_id`: static,
+proxied, errors, preflight, redirects), and on each :class:`ForwardUpstream` a
+flow yields it sets ``X-Forwarded-For``/``-Proto``/``-Host`` and ``X-Request-Id``
+(:func:`forwarded_headers`, believing incoming values only from the peers in
+``forwarded_allow_ips``). Both happen here, as the actions pass, so no
+integration can forget them.
+
 The gateway is deterministic: its output depends only on the config and
 the ordered events fed in (time and entropy are event fields), which is what
 makes record/replay possible.
@@ -73,6 +82,13 @@ from ._events import (
     UpstreamResponded,
 )
 from ._flow import JSON_HEADERS, Flow, FlowContext, Request, Shared, Step, normalise_method
+from ._forwarded import (
+    DEFAULT_FORWARDED_ALLOW_IPS,
+    REQUEST_ID_HEADER,
+    TrustedProxies,
+    forwarded_headers,
+    request_id_for,
+)
 from ._model import GatewayConfig
 from ._proxy import proxy_flow
 from ._routing import RouteMatch, RouteTable
@@ -140,6 +156,15 @@ def _set_headers(headers: Headers, replace: Headers) -> Headers:
     return (*(item for item in headers if item[0] not in names), *replace)
 
 
+def _with_request_id(headers: Headers, x_request_id: str) -> Headers:
+    """``headers`` with ``X-Request-Id`` set (an upstream's own value is replaced)."""
+    pair = (REQUEST_ID_HEADER, x_request_id)
+    for name, _ in headers:
+        if name == REQUEST_ID_HEADER:
+            return (*(item for item in headers if item[0] != REQUEST_ID_HEADER), pair)
+    return (*headers, pair)
+
+
 def _path_escape(problem: str) -> GatewayError:
     """*New*: 400 for a proxied path that could step out of the server URL's base path.
 
@@ -165,6 +190,13 @@ class Gateway:
             ``SUPABASE_URL`` and ``SUPABASE_SERVICE_ROLE_KEY``, see
             :data:`SUPABASE_ENV`). Only looked up by name, never listed.
         service_timeout: seconds a service, binding or hook may take (504 after).
+        forwarded_allow_ips: the peers whose ``X-Forwarded-*`` fields are
+            believed (:class:`TrustedProxies`: addresses and networks, comma
+            separated, or ``*``); from any other peer they are replaced.
+
+    Raises:
+        ValueError: ``forwarded_allow_ips`` holds something that is not an
+            address, a network or ``*``.
     """
 
     def __init__(
@@ -174,8 +206,11 @@ class Gateway:
         max_body_bytes: int = 10 * 1024 * 1024,
         env: Mapping[str, str] | None = None,
         service_timeout: float = 30.0,
+        forwarded_allow_ips: str = DEFAULT_FORWARDED_ALLOW_IPS,
     ) -> None:
         self.config = config
+        self.forwarded_allow_ips = forwarded_allow_ips
+        self.trusted_proxies = TrustedProxies(forwarded_allow_ips)
         self.max_body_bytes = max_body_bytes
         self.env: Mapping[str, str] = MappingProxyType({}) if env is None else env
         self.service_timeout = service_timeout
@@ -239,27 +274,38 @@ class Gateway:
         or defect) are answered here directly: the common case needs no
         generator. Everything else runs :meth:`_pipeline` as a flow.
         """
+        x_request_id = request_id_for(event)
         try:
             path, query = split_target(event.target)
         except BadTarget:
-            request = Request(event=event, path="", query="", method=event.method)
+            request = Request(
+                event=event, path="", query="", method=event.method, x_request_id=x_request_id
+            )
             error = GatewayError("Malformed request target", status=400, code="BAD_REQUEST")
-            return [self._error_response(request, error)]
+            return [self._with_route(request, self._error_response(request, error))]
         request = Request(
-            event=event, path=path, query=query, method=normalise_method(event.method)
+            event=event,
+            path=path,
+            query=query,
+            method=normalise_method(event.method),
+            x_request_id=x_request_id,
         )
         if (
             self._cors is not None
             and request.method == "OPTIONS"
             and not self.routes.has_route_for_method("OPTIONS", path)
         ):
-            return [self._respond(request, 204, b"", json=False)]  # default preflight
+            preflight = self._respond(request, 204, b"", json=False)
+            return [self._with_route(request, preflight)]
         match = self.routes.match(request.method, path)
         if match is None:
-            return [self._error_response(request, NoRouteMatched())]
+            return [self._with_route(request, self._error_response(request, NoRouteMatched()))]
         if self._plain_static[match.index]:
             route = self.config.routes[match.index]
-            headers = self._decorate(request, JSON_HEADERS)
+            headers = (
+                *self._decorate(request, JSON_HEADERS),
+                (REQUEST_ID_HEADER, x_request_id),
+            )
             body = route.static_body or b""
             label = self._labels[match.index]
             return [
@@ -294,13 +340,23 @@ class Gateway:
         return self._wait(request, flow, step)
 
     def _with_route(self, request: Request, final: Action) -> Action:
-        """Stamp the matched route on a final action, for the transport's access log."""
+        """Stamp the matched route on a final action (for the transport's access log) and
+        set its ``X-Request-Id``."""
         label = self._route_labels.pop(request.id, "")
+        changes: dict[str, object] = {}
         if label and isinstance(final, Respond | RelayResponse) and final.route != label:
-            return attrs.evolve(final, route=label)
-        return final
+            changes["route"] = label
+        headers = getattr(final, "headers", None)  # every final answer has them
+        if isinstance(headers, tuple):
+            changes["headers"] = _with_request_id(headers, request.x_request_id)
+        return attrs.evolve(final, **changes) if changes else final  # type: ignore[misc]
 
     def _wait(self, request: Request, flow: Flow, step: Step) -> list[Action]:
+        if isinstance(step, ForwardUpstream):  # every proxied request, whatever the flow
+            headers = forwarded_headers(
+                step.headers, request.event, self.trusted_proxies, request.x_request_id
+            )
+            step = attrs.evolve(step, headers=headers)
         if not isinstance(step, Shared):
             self._pending[request.id] = _Pending(request=request, flow=flow, action=step)
             return [step]

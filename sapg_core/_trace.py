@@ -45,6 +45,7 @@ import attrs
 from ._actions import Action
 from ._config import ConfigError, compile_config
 from ._events import Event
+from ._forwarded import DEFAULT_FORWARDED_ALLOW_IPS
 from ._gateway import Gateway
 
 __all__ = [
@@ -264,7 +265,11 @@ def _sorted_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 #: Gateway options a header carries, with their types: ``Gateway(config, **options)``.
-_OPTIONS: Final[dict[str, type]] = {"max_body_bytes": int, "service_timeout": float}
+_OPTIONS: Final[dict[str, type]] = {
+    "max_body_bytes": int,
+    "service_timeout": float,
+    "forwarded_allow_ips": str,
+}
 
 
 @attrs.frozen(kw_only=True)
@@ -275,7 +280,9 @@ class TraceHeader:
         gateway: the number of this gateway in the trace (0, then 1 after a reload, ...).
         config: the raw config as loaded, before placeholder resolution.
         env: the environment values the config's placeholders read (only those).
-        max_body_bytes, service_timeout: the :class:`Gateway` options.
+        max_body_bytes, service_timeout, forwarded_allow_ips: the :class:`Gateway`
+            options (a trace written before ``forwarded_allow_ips`` existed gets
+            the default).
         gateway_env: values of the gateway's own ``env`` known up front; the
             names it reads later arrive in :class:`TraceEnv` lines.
     """
@@ -286,6 +293,7 @@ class TraceHeader:
     max_body_bytes: int = 10 * 1024 * 1024
     service_timeout: float = 30.0
     gateway_env: Mapping[str, str] = attrs.field(factory=dict, converter=_sorted_env)
+    forwarded_allow_ips: str = DEFAULT_FORWARDED_ALLOW_IPS
 
 
 @attrs.frozen(kw_only=True)
@@ -332,6 +340,7 @@ def make_header(
     max_body_bytes: int,
     service_timeout: float = 30.0,
     gateway: int = 0,
+    forwarded_allow_ips: str = DEFAULT_FORWARDED_ALLOW_IPS,
 ) -> TraceHeader:
     """The header for ``Gateway(compile_config(raw_config, env=env).config, **options)``.
 
@@ -348,6 +357,7 @@ def make_header(
         env=noted.take(),
         max_body_bytes=max_body_bytes,
         service_timeout=service_timeout,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
 
 
@@ -594,12 +604,16 @@ def _build(header: TraceHeader, number: int) -> tuple[Gateway, dict[str, str]]:
     except ConfigError as exc:
         raise TraceError(number, f"the recorded config does not compile: {exc}") from None
     gateway_env = dict(header.gateway_env)  # TraceEnv lines add to it as the trace goes
-    gateway = Gateway(
-        result.config,
-        max_body_bytes=header.max_body_bytes,
-        service_timeout=header.service_timeout,
-        env=_LiveEnv(gateway_env),
-    )
+    try:
+        gateway = Gateway(
+            result.config,
+            max_body_bytes=header.max_body_bytes,
+            service_timeout=header.service_timeout,
+            env=_LiveEnv(gateway_env),
+            forwarded_allow_ips=header.forwarded_allow_ips,
+        )
+    except ValueError as exc:  # forwarded_allow_ips that is not a list of addresses
+        raise TraceError(number, f"the recorded gateway options are unusable: {exc}") from None
     return gateway, gateway_env
 
 

@@ -342,9 +342,10 @@ def test_41_the_login_redirect_is_encoded_and_carries_nonce_and_pkce() -> None:
     assert login["n"] == values["nonce"] and len(values["nonce"]) == 43
     assert s256(str(login["v"])) == values["code_challenge"] and len(str(login["v"])) == 43
     assert login["s"] == s256("abc123") and login["x"] == T + 600
-    # As the original: no CORS, no X-Powered-By on the redirect.
+    # As the original: no CORS, no X-Powered-By on the redirect; the request id is on
+    # every answer (test_request_id.py).
     names = {name for name, _ in response.headers}
-    assert names == {"location", "set-cookie", "cache-control"}
+    assert names == {"location", "set-cookie", "cache-control", "x-request-id"}
 
 
 def test_the_login_cookie_attributes() -> None:

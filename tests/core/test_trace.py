@@ -209,7 +209,11 @@ def test_the_header_keeps_only_the_env_names_the_config_reads() -> None:
     line = json.loads(dump_line(header))
     assert line["format"] == TRACE_FORMAT and line["version"] == TRACE_VERSION
     assert line["config"]["authorizer"]["secret"] == "$env.JWT_SECRET"
-    assert line["options"] == {"max_body_bytes": 1024, "service_timeout": 30.0}
+    assert line["options"] == {
+        "max_body_bytes": 1024,
+        "service_timeout": 30.0,
+        "forwarded_allow_ips": "127.0.0.1",
+    }
     assert "HOME" not in dump_line(header)
 
 
