@@ -75,7 +75,9 @@ from ._common import (
     as_loaded,
     entropy,
     http_date,
+    identify,
     is_key_set_fetch,
+    log_action,
     request_received,
     try_reload,
     upstream_origin,
@@ -113,6 +115,8 @@ class Connection:
     def __init__(self, limits: ServerLimits, peer: str, *, backend: str = "h11") -> None:
         self.http = ServerConnection(limits, backend=backend)
         self.peer = peer
+        self.client = peer.rsplit(":", 1)[0] if ":" in peer else ""  # the peer's IP
+        self.scheme = "http"  # "https" on a TLS connection
         self.is_broken = False
         self.is_idle_wait = False  # waiting for a new request: shutdown may close it
         self.is_expired = False  # its deadline passed: the backend is cutting it off
@@ -438,8 +442,10 @@ class AsyncDriver(Generic[ConnT]):
             request_id=exchange.request_id,
             now=time.time(),
             entropy=entropy(),
-            scheme="http",
+            scheme=conn.scheme,
+            client=conn.client,
         )
+        identify(exchange, event)
         try:
             await self._execute(conn, exchange, exchange.gateway.handle(event))
         except ClientGone:  # the client's doing: INFO
@@ -606,12 +612,14 @@ class AsyncDriver(Generic[ConnT]):
         return await self.outbound.send(action)
 
     async def _log(self, conn: ConnT, exchange: AsyncExchange, action: Log) -> None:
-        logger.log(int(action.level), "request %s: %s", action.request_id, action.message)
+        log_action(exchange, action)
 
     async def _call_service(
         self, conn: ConnT, exchange: AsyncExchange, action: CallService
     ) -> Event:
-        return await call_service(action, exchange.services, env=os.environ)
+        return await call_service(
+            action, exchange.services, env=os.environ, request_id=exchange.x_request_id
+        )
 
     # -- the request body ------------------------------------------------------------------
 

@@ -24,9 +24,13 @@ from sapg_core import (
     Event,
     FailureReason,
     Headers,
+    Log,
     RequestHead,
     RequestReceived,
+    TrustedProxies,
+    client_address,
     dumps,
+    request_id_for,
 )
 
 from ._services import ServiceRegistry
@@ -46,7 +50,9 @@ __all__ = [
     "entropy",
     "header_value",
     "http_date",
+    "identify",
     "is_key_set_fetch",
+    "log_action",
     "next_request_id",
     "request_received",
     "requests_in_flight",
@@ -214,9 +220,15 @@ def http_date(now: float) -> str:
 
 
 def request_received(
-    head: RequestHead, *, request_id: int, now: float, entropy: bytes, scheme: str
+    head: RequestHead,
+    *,
+    request_id: int,
+    now: float,
+    entropy: bytes,
+    scheme: str,
+    client: str = "",
 ) -> RequestReceived:
-    """The core event for a request head the HTTP glue parsed."""
+    """The core event for a request head the HTTP glue parsed; ``client`` is the peer's IP."""
     return RequestReceived(
         request_id=request_id,
         method=head.method,
@@ -226,6 +238,7 @@ def request_received(
         entropy=entropy,
         scheme=scheme,
         host=header_value(head.headers, "host") or "",
+        client=client,
     )
 
 
@@ -292,6 +305,8 @@ class ExchangeBase:
         self.status = 0  # the status sent; 0: no answer went out
         self.route = ""
         self.upstream_origin = ""
+        self.x_request_id = ""  # the request's X-Request-Id, once identified
+        self.client = ""  # the client's address for the logs (trusted proxies believed)
         self.upstream_failure: FailureReason | None = None  # for the metrics
         self.jwks_fetches = 0  # key-set fetches this request carried out (for the metrics)
         self.is_finished = False  # a final action ran, or the client went away
@@ -353,6 +368,34 @@ def is_key_set_fetch(url: str) -> bool:
     """Whether an outbound call (``SendHTTP``) fetches a JWKS: its path names one, as
     Auth0's and Supabase's ``/.well-known/jwks.json`` do (for the metrics)."""
     return "jwks" in url.lower()
+
+
+_DEFAULT_TRUST: Final = TrustedProxies()
+
+
+def identify(exchange: ExchangeBase, event: RequestReceived) -> RequestReceived:
+    """Note on ``exchange`` what its log lines say about ``event``: the request's id and the
+    client's address, both by the core's rules (``request_id_for``, and ``client_address``
+    with the gateway's trusted proxies). Returns ``event``."""
+    exchange.x_request_id = request_id_for(event)
+    trusted = getattr(exchange.gateway, "trusted_proxies", _DEFAULT_TRUST)
+    exchange.client = client_address(event, trusted)
+    return event
+
+
+def log_action(exchange: ExchangeBase, action: Log) -> None:
+    """A core ``Log`` action as a ``sapg`` log line, with the request's id (text and JSON)."""
+    if action.request_id is None:
+        logger.log(int(action.level), "%s", action.message)
+        return
+    logger.log(
+        int(action.level),
+        "request %s [%s]: %s",
+        action.request_id,
+        exchange.x_request_id,
+        action.message,
+        extra={"request_id": action.request_id, "x_request_id": exchange.x_request_id},
+    )
 
 
 def try_reload(reload: Reload) -> GatewayLike | Loaded | None:

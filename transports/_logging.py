@@ -4,7 +4,9 @@ Two loggers: ``sapg`` for diagnostics (the core's ``Log`` actions, protocol
 failures, reloads, shutdown) and ``sapg.access`` for one line per request.
 Nothing here logs credentials: the access line has the path *without* its
 query (queries carry tokens and OAuth codes), no headers, no bodies; the
-upstream is logged as its origin only (no userinfo, path or query).
+upstream is logged as its origin only (no userinfo, path or query). It does have
+the client's address (``X-Forwarded-For`` believed only from trusted proxies)
+and the request's ``X-Request-Id``, the one the upstream and the answer carry.
 
 Theory of operation. A ``logging`` call and a stream write per request cost more
 than the gateway's own decision, so once :func:`configure_logging` has run the
@@ -77,15 +79,16 @@ class JsonFormatter(logging.Formatter):
 
 
 #: One finished request: (wall time, request_id, method, path, status, duration_ms,
-#: route, upstream origin).
-_Entry = tuple[float, int, str, str, int | None, float, str, str]
+#: route, upstream origin, client address, X-Request-Id).
+_Entry = tuple[float, int, str, str, int | None, float, str, str, str, str]
 
 
 def _message(entry: _Entry) -> str:
-    _, request_id, method, path, status, duration_ms, route, upstream = entry
+    _, request_id, method, path, status, duration_ms, route, upstream, client, xid = entry
     return (
         f"access {method} {path} {status or '-'} {duration_ms:.1f}ms "
-        f'route="{route}" upstream={upstream or "-"} id={request_id}'
+        f'route="{route}" upstream={upstream or "-"} client={client or "-"} '
+        f"x_request_id={xid or '-'} id={request_id}"
     )
 
 
@@ -94,7 +97,7 @@ def _text_line(entry: _Entry) -> str:
 
 
 def _json_line(entry: _Entry) -> str:
-    created, request_id, method, path, status, duration_ms, route, upstream = entry
+    created, request_id, method, path, status, duration_ms, route, upstream, client, xid = entry
     msecs = int((created - int(created)) * 1000)
     record = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{msecs:03d}Z",
@@ -108,6 +111,8 @@ def _json_line(entry: _Entry) -> str:
         "duration_ms": duration_ms,
         "route": route,
         "upstream": upstream,
+        "client": client,
+        "x_request_id": xid,
     }
     return json.dumps(record, default=str) + "\n"
 
@@ -248,6 +253,8 @@ def log_access(exchange: ExchangeBase) -> None:
                 duration_ms,
                 exchange.route,
                 exchange.upstream_origin,
+                exchange.client,
+                exchange.x_request_id,
             )
         )
         return
@@ -259,15 +266,19 @@ def log_access(exchange: ExchangeBase) -> None:
         "duration_ms": duration_ms,
         "route": exchange.route,
         "upstream": exchange.upstream_origin,
+        "client": exchange.client,
+        "x_request_id": exchange.x_request_id,
     }
     access_logger.info(
-        'access %s %s %s %.1fms route="%s" upstream=%s id=%d',
+        'access %s %s %s %.1fms route="%s" upstream=%s client=%s x_request_id=%s id=%d',
         exchange.method,
         path,
         status or "-",
         duration_ms,
         exchange.route,
         exchange.upstream_origin or "-",
+        exchange.client or "-",
+        exchange.x_request_id or "-",
         exchange.request_id,
         extra=fields,
     )

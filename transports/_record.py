@@ -40,6 +40,7 @@ from sapg_core import (
     TraceEnv,
     TraceLine,
     TraceStep,
+    TrustedProxies,
     dump_line,
     make_header,
 )
@@ -95,6 +96,7 @@ class TraceRecorder:
                 max_body_bytes=gateway.max_body_bytes,
                 service_timeout=gateway.service_timeout,
                 gateway=number,
+                forwarded_allow_ips=gateway.forwarded_allow_ips,
             )
             self._write(header)
             noting = NotingEnv(gateway.env)
@@ -171,3 +173,7 @@ class RecordingGateway:
     @property
     def pending_count(self) -> int:
         return self.gateway.pending_count
+
+    @property
+    def trusted_proxies(self) -> TrustedProxies:
+        return self.gateway.trusted_proxies

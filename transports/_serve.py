@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Final
 
@@ -14,7 +15,15 @@ from ._logging import LOG_FORMATS
 from ._services import ServiceRegistry
 from .h11_blocking import DEFAULT_WORKERS
 
-__all__ = ["TRANSPORTS", "add_server_arguments", "check_http", "run_driver", "timeouts_from"]
+__all__ = [
+    "TRANSPORTS",
+    "add_server_arguments",
+    "check_http",
+    "run_driver",
+    "timeouts_from",
+    "tls_context",
+    "tls_from",
+]
 
 TRANSPORTS: Final = ("trio", "asyncio", "h11")
 
@@ -108,6 +117,25 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         f"{ServerLimits().max_header_bytes})",
     )
     parser.add_argument(
+        "--ssl-certfile",
+        default=None,
+        metavar="PEM",
+        help="serve HTTPS (TLS 1.2 or later) with this certificate chain, on every transport "
+        "(default: plain HTTP)",
+    )
+    parser.add_argument(
+        "--ssl-keyfile",
+        default=None,
+        metavar="PEM",
+        help="the private key of --ssl-certfile (default: the key is in the certificate file)",
+    )
+    parser.add_argument(
+        "--ssl-keyfile-password",
+        default=None,
+        metavar="PASSWORD",
+        help="the password of an encrypted --ssl-keyfile",
+    )
+    parser.add_argument(
         "--workers",
         type=_count,
         default=1,
@@ -188,9 +216,11 @@ def run_driver(
     grace: float,
     services: ServiceRegistry | None = None,
     http: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     sock: socket.socket | None = None,
 ) -> int:
-    """Run the chosen driver until SIGINT/SIGTERM; its exit code.
+    """Run the chosen driver until SIGINT/SIGTERM; its exit code. ``ssl_context``: serve
+    HTTPS (:func:`tls_from`).
 
     ``http`` is the request parser (see :func:`check_http`, which refuses a mismatch);
     ``threads`` the blocking driver's; ``sock`` a listening socket to serve instead of
@@ -212,6 +242,7 @@ def run_driver(
             on_ready=on_ready,
             grace=grace,
             services=services,
+            ssl_context=ssl_context,
             sock=sock,
         )
     if transport == "asyncio":
@@ -232,5 +263,60 @@ def run_driver(
         grace=grace,
         services=services,
         http=backend,
+        ssl_context=ssl_context,
         sock=sock,
     )
+
+
+def tls_context(
+    certfile: str, keyfile: str | None = None, password: str | None = None
+) -> ssl.SSLContext:
+    """A server-side TLS context: TLS 1.2 or later, the certificate chain and key loaded,
+    ALPN offering ``http/1.1`` (the only protocol spoken).
+
+    Raises:
+        ValueError: a file cannot be read, or the certificate, key or password is wrong
+            (one line, naming the files).
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    for what, path in (("certificate", certfile), ("key", keyfile)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"cannot read the TLS {what} {path}: {exc.strerror or exc}") from None
+    files = certfile if keyfile is None else f"{certfile}, {keyfile}"
+    try:
+        context.load_cert_chain(certfile, keyfile, password)
+    except ssl.SSLError as exc:
+        reason = exc.reason or ""
+        if reason == "KEY_VALUES_MISMATCH":
+            why = "the key does not belong to the certificate"
+        elif reason in ("", "PEM lib", "BAD_DECRYPT", "BAD_PASSWORD_READ"):
+            why = "no usable certificate and key in PEM (a wrong --ssl-keyfile-password?)"
+        else:
+            why = reason
+        raise ValueError(f"cannot load the TLS certificate and key ({files}): {why}") from None
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read the TLS certificate or key ({files}): {exc.strerror or exc}"
+        ) from None
+    return context
+
+
+def tls_from(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context ``--ssl-certfile``/``--ssl-keyfile``/``--ssl-keyfile-password`` give,
+    or None (plain HTTP).
+
+    Raises:
+        ValueError: as :func:`tls_context`, or a key or password without a certificate.
+    """
+    if args.ssl_certfile is None:
+        if args.ssl_keyfile is not None or args.ssl_keyfile_password is not None:
+            raise ValueError("--ssl-keyfile and --ssl-keyfile-password need --ssl-certfile")
+        return None
+    return tls_context(args.ssl_certfile, args.ssl_keyfile, args.ssl_keyfile_password)

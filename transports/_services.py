@@ -231,12 +231,15 @@ class Context:
             when the route has no ``auth``.
         stage: ``"integration"``, ``"pre_process"`` or ``"post_process"``.
         alias: the config alias that named this service or binding.
+        request_id: the request's ``X-Request-Id`` (the client's valid one, else the
+            gateway's): the id the upstream, the answer and the logs carry.
     """
 
     route: RouteInfo
     claims: Mapping[str, Any] | None
     stage: str
     alias: str
+    request_id: str = ""
 
 
 def _frozen(value: Any) -> Any:
@@ -261,8 +264,9 @@ def make_request(action: CallService) -> Request:
     )
 
 
-def make_context(action: CallService) -> Context:
-    """The :class:`Context` a service receives for ``action``."""
+def make_context(action: CallService, *, request_id: str = "") -> Context:
+    """The :class:`Context` a service receives for ``action`` (``request_id``: the request's
+    ``X-Request-Id``, which the driver knows)."""
     context = action.context
     claims = None if context.claims is None else _frozen(json.loads(context.claims))
     return Context(
@@ -270,6 +274,7 @@ def make_context(action: CallService) -> Context:
         claims=claims,
         stage=action.stage.value,
         alias=action.alias,
+        request_id=request_id,
     )
 
 
@@ -839,8 +844,11 @@ async def call_service(
     *,
     env: Mapping[str, str],
     clock: Callable[[], float] = time.time,
+    request_id: str = "",
 ) -> Event:
     """Carry out ``action`` under trio or asyncio; return the event to feed the core.
+
+    ``request_id`` is the request's ``X-Request-Id``, given to the service as ``ctx.request_id``.
 
     Returns:
         :class:`ServiceReturned`, or :class:`ActionFailed` with ``SERVICE_ERROR`` (not
@@ -852,7 +860,8 @@ async def call_service(
         function = registry.resolve(action.kind, action.target, action.function)
     except ServiceLoadError as exc:
         return _failed(action, FailureReason.SERVICE_ERROR, str(exc), clock())
-    arguments = (make_request(action), MappingProxyType(dict(env)), make_context(action))
+    context = make_context(action, request_id=request_id)
+    arguments = (make_request(action), MappingProxyType(dict(env)), context)
     value: Any = _MISSING
     try:
         with anyio.move_on_after(action.timeout) as scope:
@@ -908,6 +917,7 @@ def call_service_sync(
     *,
     env: Mapping[str, str],
     clock: Callable[[], float] = time.time,
+    request_id: str = "",
 ) -> Event:
     """:func:`call_service` for the blocking driver: blocks the calling thread until done.
 
@@ -918,7 +928,8 @@ def call_service_sync(
     loop = registry._background_loop()
     try:
         event: Event = loop.run(
-            call_service(action, registry, env=env, clock=clock), action.timeout + _SYNC_GRACE
+            call_service(action, registry, env=env, clock=clock, request_id=request_id),
+            action.timeout + _SYNC_GRACE,
         )
     except concurrent.futures.TimeoutError:  # an async service blocked the loop itself
         logger.error("request %d: a service blocked its event loop", action.request_id)

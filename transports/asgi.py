@@ -34,7 +34,8 @@ serve``), ``SAPG_MAX_BODY_SIZE``, ``SAPG_BINDINGS`` (``NAME=pkg.mod:obj``
 entries separated by commas, as ``sapg serve --binding``),
 ``SAPG_SERVICE_TIMEOUT``, ``SAG_STRICT_CONFIG``, ``SAPG_LOG_LEVEL``,
 ``SAPG_LOG_FORMAT``, ``SAPG_MAX_HEADER_SIZE``, ``SAPG_READ_TIMEOUT`` and
-``SAPG_MIN_BODY_RATE`` (as ``sapg serve``'s options of those names). Each worker
+``SAPG_MIN_BODY_RATE``, ``SAPG_FORWARDED_ALLOW_IPS`` (as ``sapg serve``'s options of
+those names; the client address is the server's ``scope["client"]``). Each worker
 process builds its own gateway and loads its own services.
 """
 
@@ -67,6 +68,7 @@ from wsproto.connection import Connection as WSFraming
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from sapg_core import (
+    DEFAULT_FORWARDED_ALLOW_IPS,
     Action,
     ActionFailed,
     BodyReceived,
@@ -86,6 +88,7 @@ from sapg_core import (
     Respond,
     SendHTTP,
     ServerLimits,
+    TrustedProxies,
 )
 
 from ._async_driver import AsyncExchange, execute_actions, given_body
@@ -95,6 +98,8 @@ from ._common import (
     GatewayLike,
     Loaded,
     Timeouts,
+    identify,
+    log_action,
     request_received,
     upstream_origin,
 )
@@ -226,6 +231,13 @@ def _worth_watching(headers: Headers, exchange: AsyncExchange) -> bool:
 def _peer(scope: Scope) -> str:
     client = scope.get("client")
     return f"{client[0]}:{client[1]}" if client else "unknown"
+
+
+def _client(scope: Scope) -> str:
+    """The peer's address as the server gives it (uvicorn's proxy headers may have replaced
+    it with a forwarded one: see docs/transports.md)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
@@ -495,7 +507,9 @@ class GatewayApp:
             now=time.time(),
             entropy=secrets.token_bytes(32),
             scheme=str(request.scope.get("scheme", "http")),
+            client=_client(request.scope),
         )
+        identify(exchange, event)
         try:
             await self._execute(request, exchange, exchange.gateway.handle(event))
         except ClientGone:
@@ -639,12 +653,14 @@ class GatewayApp:
         return await self._outbound().send(action)
 
     async def _log(self, request: _Request, exchange: AsyncExchange, action: Log) -> None:
-        logger.log(int(action.level), "request %s: %s", action.request_id, action.message)
+        log_action(exchange, action)
 
     async def _call_service(
         self, request: _Request, exchange: AsyncExchange, action: CallService
     ) -> Event:
-        return await call_service(action, exchange.services, env=os.environ)
+        return await call_service(
+            action, exchange.services, env=os.environ, request_id=exchange.x_request_id
+        )
 
     # -- WebSockets: the handshake through the core, then messages both ways ---------------
 
@@ -669,7 +685,9 @@ class GatewayApp:
             now=time.time(),
             entropy=secrets.token_bytes(32),
             scheme="https" if request.scope.get("scheme") == "wss" else "http",
+            client=_client(request.scope),
         )
+        identify(exchange, event)
         try:
             await execute_actions(
                 self._exchanges,
@@ -866,10 +884,19 @@ def create_app(
         registry, found = load_config_services(result.config, path, specs)
         report_start_up(source, result, found, strict=strict)
         limits, timeouts = _limits(environ, limit)
+        allow_ips = environ.get("SAPG_FORWARDED_ALLOW_IPS", DEFAULT_FORWARDED_ALLOW_IPS)
+        try:
+            TrustedProxies(allow_ips)
+        except ValueError as exc:
+            raise LoadError(f"SAPG_FORWARDED_ALLOW_IPS: {exc}") from None
     except LoadError as exc:
         raise RuntimeError(f"sapg: {exc}") from None
     gateway = Gateway(
-        result.config, max_body_bytes=limit, env=environ, service_timeout=service_timeout
+        result.config,
+        max_body_bytes=limit,
+        env=environ,
+        service_timeout=service_timeout,
+        forwarded_allow_ips=allow_ips,
     )
     return GatewayApp(gateway, services=registry, limits=limits, timeouts=timeouts)
 

@@ -21,6 +21,7 @@ import logging
 import math
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,8 @@ class _Connection(Connection):
         super().__init__(limits, _peer(writer), backend=backend)
         self.reader = reader
         self.writer = writer
+        if writer.get_extra_info("sslcontext") is not None:  # handshake done by asyncio
+            self.scheme = "https"
         self.task: asyncio.Task[Any] | None = None
 
 
@@ -221,6 +224,7 @@ async def serve(
     services: ServiceRegistry | None = None,
     http: str = "httptools",
     sock: socket.socket | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve until ``shutdown`` is set, then shut down gracefully and return.
 
@@ -240,10 +244,16 @@ async def serve(
         http: the request parser, one of :data:`sapg_core.PARSER_BACKENDS`.
         sock: a socket already bound and listening (a worker process's, inherited from
             its supervisor) to accept on instead of binding ``host`` and ``port``.
+        ssl_context: serve HTTPS with it; None: plain HTTP. asyncio does the handshake
+            before the connection is ours, cut off after the header timeout, so a
+            client that never completes it holds no task.
     """
     if (gateway is None) == (gateway_factory is None):
         raise TypeError("give exactly one of gateway and gateway_factory")
     server: AsyncioServer | None = None
+    tls: dict[str, Any] = {}
+    if ssl_context is not None:
+        tls = {"ssl": ssl_context, "ssl_handshake_timeout": (timeouts or Timeouts()).header}
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert server is not None  # serving starts once it exists
@@ -251,11 +261,11 @@ async def serve(
 
     if sock is not None:
         listener = await asyncio.start_server(
-            accept, sock=sock, backlog=_BACKLOG, start_serving=False
+            accept, sock=sock, backlog=_BACKLOG, start_serving=False, **tls
         )
     else:
         listener = await asyncio.start_server(
-            accept, host, port, backlog=_BACKLOG, start_serving=False
+            accept, host, port, backlog=_BACKLOG, start_serving=False, **tls
         )
     own_outbound = outbound is None
     outbound = Outbound() if outbound is None else outbound
@@ -300,6 +310,7 @@ def run(
     services: ServiceRegistry | None = None,
     http: str = "httptools",
     sock: socket.socket | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """Run :func:`serve` until SIGINT or SIGTERM, then shut down gracefully.
 
@@ -340,6 +351,7 @@ def run(
                 services=services,
                 http=http,
                 sock=sock,
+                ssl_context=ssl_context,
             )
         except asyncio.CancelledError:
             return False

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from sapg_core import (
+    DEFAULT_FORWARDED_ALLOW_IPS,
     CompileResult,
     ConfigError,
     Diagnostic,
@@ -23,6 +24,7 @@ from sapg_core import (
     GatewayConfig,
     RouteMatch,
     ServerLimits,
+    TrustedProxies,
     compile_config,
     explain_rank,
     mask_url,
@@ -41,6 +43,7 @@ from ._serve import (
     check_http,
     run_driver,
     timeouts_from,
+    tls_from,
 )
 from ._services import ServiceRegistry, check_services, load_services, parse_binding
 from ._supervisor import Worker, supervise, worker_from
@@ -59,6 +62,12 @@ class LoadError(Exception):
 
 class StartRefused(LoadError):
     """Strict mode and an invalid config: exit 1."""
+
+    exit_code = 1
+
+
+class TLSFailed(LoadError):
+    """The TLS certificate or key cannot be loaded: one line, exit 1."""
 
     exit_code = 1
 
@@ -262,6 +271,10 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         http = check_http(args.transport, args.http)
     except ValueError as exc:
         raise LoadError(str(exc)) from None
+    try:
+        ssl_context = tls_from(args)  # also checked here when worker processes will serve
+    except ValueError as exc:
+        raise TLSFailed(f"error: {exc}") from None
     configure_logging(args.log_level, args.log_format)
     _settle_options(args, env)
     if args.worker_of is None and args.workers > 1:
@@ -284,6 +297,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             max_body_bytes=args.max_body_size,
             env=dict(env),
             service_timeout=args.service_timeout,
+            forwarded_allow_ips=args.forwarded_allow_ips,
         )
         if recorder is not None:  # a new header line per build
             return Loaded(recorder.wrap(built, raw_config=raw, env=env), registry)
@@ -317,6 +331,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         grace=args.grace,
         services=None if first is None else first.services,
         http=http,
+        ssl_context=ssl_context,
     )
     try:
         return _serve_here(args, worker, driver)
@@ -390,6 +405,7 @@ def _run_listening(
         BindFailed: the address cannot be bound (in use, no such host): one line, exit 1.
     """
     ready = False
+    scheme = "https" if args.ssl_certfile is not None else "http"
 
     def on_ready(host: str, port: int) -> None:
         nonlocal ready
@@ -397,7 +413,7 @@ def _run_listening(
         if on_listening is not None:  # first: /ready says so once the line is out
             on_listening()
         print(
-            f"sapg: listening on http://{_url_host(host)}:{port} (transport={args.transport})",
+            f"sapg: listening on {scheme}://{_url_host(host)}:{port} (transport={args.transport})",
             file=sys.stderr,
             flush=True,
         )
@@ -616,6 +632,15 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         metavar="SECONDS",
         help="time a service, binding or hook may take, 504 after (default 30)",
     )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        type=_allow_ips,
+        default=DEFAULT_FORWARDED_ALLOW_IPS,
+        metavar="IPS",
+        help="peers whose X-Forwarded-For/-Proto/-Host are believed: addresses and networks, "
+        "comma separated, or * for every peer; from others they are replaced (default "
+        f"{DEFAULT_FORWARDED_ALLOW_IPS})",
+    )
     serve.set_defaults(func=cmd_serve)
     if env is not None:
         env_defaults(serve, env)
@@ -643,6 +668,14 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     replay.add_argument("trace", metavar="TRACE")
     replay.set_defaults(func=cmd_replay)
     return parser
+
+
+def _allow_ips(text: str) -> str:
+    try:
+        TrustedProxies(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _binding_spec(text: str) -> str:

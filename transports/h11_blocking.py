@@ -16,6 +16,15 @@ requests already buffered, and hands the connection back to the selector when it
 waits for more. So clients dribbling their heads, or idle ones, hold no thread;
 a body dribbled during a request holds one only until its deadline.
 
+TLS (``ssl_context``): an accepted socket is wrapped at once, without a handshake,
+and the handshake is part of receiving the first head: the selector thread drives
+it non-blocking (``do_handshake`` on each readiness, watching for writability when
+OpenSSL asks), under the head's deadline from the accept. So a client that never
+completes its handshake is cut off with ``--header-timeout`` and holds no worker; a
+failed handshake (a plain-HTTP client on the TLS port, say) closes the connection.
+Decrypted bytes OpenSSL already holds are invisible to ``select``, so they are read
+on at once (:func:`_pending`). The handshakes' CPU is the selector thread's.
+
 When every worker is busy, a complete head waits at most :data:`_BUSY_WAIT`
 (0.1 s, in order of arrival) for one, then is answered ``503`` JSON
 ``SERVER_BUSY`` and the connection closed, instead of waiting in a long queue.
@@ -36,6 +45,7 @@ import queue
 import selectors
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -81,7 +91,9 @@ from ._common import (
     as_loaded,
     entropy,
     http_date,
+    identify,
     is_key_set_fetch,
+    log_action,
     request_received,
     try_reload,
     upstream_origin,
@@ -114,9 +126,12 @@ class _Connection:
     def __init__(self, sock: socket.socket, peer: str, limits: ServerLimits) -> None:
         self.sock = sock
         self.peer = peer
+        self.client = peer.rsplit(":", 1)[0] if ":" in peer else ""  # the peer's IP
+        self.scheme = "http"  # "https" on a TLS connection
         self.http = ServerConnection(limits, backend="h11")
         self.is_broken = False
         self.timeout: float | None = None
+        self.is_handshaking = False  # TLS: the handshake is not done yet
         # In the selector (idle or receiving a head): when it is cut off, and when the
         # head under way is due as a whole (None: no byte of it yet).
         self.deadline = 0.0
@@ -257,9 +272,11 @@ class BlockingServer:
         workers: int = DEFAULT_WORKERS,
         reload: Reload | None = None,
         services: ServiceRegistry | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.serving = as_loaded(gateway, services)
         self.limits, self.timeouts, self.outbound = limits, timeouts, outbound
+        self.ssl_context = ssl_context
         self.reload = reload
         self.is_draining = False
         self._workers = _Workers(
@@ -441,7 +458,19 @@ class BlockingServer:
                 time.sleep(0.1)
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Connection(sock, f"{address[0]}:{address[1]}", self.limits)
+            peer = f"{address[0]}:{address[1]}"
+            if self.ssl_context is not None:  # the handshake: in the selector, non-blocking
+                try:
+                    sock = self.ssl_context.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False
+                    )
+                except OSError as exc:  # the client left already
+                    logger.info("client %s: TLS refused: %s", peer, exc)
+                    sock.close()
+                    continue
+            conn = _Connection(sock, peer, self.limits)
+            if self.ssl_context is not None:
+                conn.scheme, conn.is_handshaking = "https", True
             conn.head_due = time.monotonic() + self.timeouts.header  # the first head: from now
             self._park(conn)
 
@@ -459,6 +488,8 @@ class BlockingServer:
             return
         self._parked.add(conn)
         self._set_deadline(conn)
+        if _pending(conn.sock):  # TLS bytes already decrypted: select() cannot see them
+            self._on_readable(conn)
 
     def _set_deadline(self, conn: _Connection) -> None:
         now = time.monotonic()
@@ -502,21 +533,58 @@ class BlockingServer:
                 self._dispatch(conn, event)
 
     def _on_readable(self, conn: _Connection) -> None:
+        if conn.is_handshaking and not self._handshake(conn):
+            return
         try:
             data = conn.sock.recv(_RECEIVE_SIZE)
-        except (BlockingIOError, InterruptedError):
+            conn.http.receive_data(data)
+            event = conn.http.next_event()
+            while isinstance(event, NeedData) and data and _pending(conn.sock):
+                data = conn.sock.recv(_RECEIVE_SIZE)  # a TLS record at a time
+                conn.http.receive_data(data)
+                event = conn.http.next_event()
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
-        except OSError:  # reset
+        except OSError:  # reset, or broken TLS
             self._unpark(conn)
             conn.sock.close()
             return
-        conn.http.receive_data(data)
-        event = conn.http.next_event()
         if isinstance(event, NeedData):
             self._set_deadline(conn)  # a head under way: its deadline from the first byte on
             return
         self._unpark(conn)
         self._dispatch(conn, event)
+
+    def _handshake(self, conn: _Connection) -> bool:
+        """Move a TLS handshake on, non-blocking; whether it is done.
+
+        It runs in the selector thread under the connection's head deadline (from the
+        accept), so a client that stalls its handshake is cut off with the head timeout and
+        never holds a worker. A failed one (a plain-HTTP client, say) closes the connection.
+        """
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._watch(conn, selectors.EVENT_READ)
+            return False
+        except ssl.SSLWantWriteError:
+            self._watch(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            return False
+        except OSError as exc:
+            logger.info("client %s: TLS handshake failed: %s", conn.peer, exc)
+            self._unpark(conn)
+            sock.close()
+            return False
+        conn.is_handshaking = False
+        self._watch(conn, selectors.EVENT_READ)
+        return True
+
+    def _watch(self, conn: _Connection, events: int) -> None:
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            if self._selector.get_key(conn.sock).events != events:
+                self._selector.modify(conn.sock, events, conn)
 
     def _dispatch(self, conn: _Connection, event: HTTPEvent) -> None:
         """A complete head goes to a worker (503 if none is free); a failure is answered."""
@@ -648,8 +716,10 @@ class BlockingServer:
             request_id=exchange.request_id,
             now=time.time(),
             entropy=entropy(),
-            scheme="http",
+            scheme=conn.scheme,
+            client=conn.client,
         )
+        identify(exchange, event)
         try:
             self._execute(conn, exchange, self._handle(exchange, event))
         except ClientGone:  # the client's doing: INFO
@@ -800,10 +870,12 @@ class BlockingServer:
         return self.outbound.send(action)
 
     def _log(self, conn: _Connection, exchange: _Exchange, action: Log) -> None:
-        logger.log(int(action.level), "request %s: %s", action.request_id, action.message)
+        log_action(exchange, action)
 
     def _call_service(self, conn: _Connection, exchange: _Exchange, action: CallService) -> Event:
-        return call_service_sync(action, exchange.services, env=os.environ)
+        return call_service_sync(
+            action, exchange.services, env=os.environ, request_id=exchange.x_request_id
+        )
 
     # -- I/O helpers ---------------------------------------------------------------------------
 
@@ -884,6 +956,11 @@ class BlockingServer:
         conn.sock.close()
 
 
+def _pending(sock: socket.socket) -> int:
+    """Decrypted bytes a TLS socket holds that ``select`` cannot see (0 for plain TCP)."""
+    return sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+
+
 def _given_body(data: bytes) -> Generator[bytes, None, None]:
     """A body the core already holds (``ForwardUpstream.body``)."""
     if data:
@@ -917,6 +994,7 @@ def serve(
     outbound: SyncOutbound | None = None,
     services: ServiceRegistry | None = None,
     sock: socket.socket | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve until :meth:`BlockingServer.shutdown`, then shut down gracefully and return.
 
@@ -936,6 +1014,8 @@ def serve(
         outbound: the upstream executor (default: a fresh pool, closed on return).
         sock: a socket already bound and listening (a worker process's, inherited from
             its supervisor) to accept on instead of binding ``host`` and ``port``.
+        ssl_context: serve HTTPS with it; None: plain HTTP. Handshakes run in the
+            selector thread, non-blocking, under the header timeout.
     """
     if (gateway is None) == (gateway_factory is None):
         raise TypeError("give exactly one of gateway and gateway_factory")
@@ -957,6 +1037,7 @@ def serve(
         workers=workers,
         reload=reload,
         services=services,
+        ssl_context=ssl_context,
     )
     try:
         if on_server is not None:
@@ -984,6 +1065,7 @@ def run(
     grace: float = 10.0,
     services: ServiceRegistry | None = None,
     sock: socket.socket | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """Run :func:`serve` until SIGINT or SIGTERM, then shut down gracefully (main thread only).
 
@@ -1028,6 +1110,7 @@ def run(
             grace=grace,
             services=services,
             sock=sock,
+            ssl_context=ssl_context,
         )
     except _HardStop:
         return 1

@@ -10,6 +10,8 @@ in :mod:`transports._async_driver`; this module is the trio I/O: accepting,
 ``_receive``, ``_send_bytes``, ``_close``, signals and shutdown. Each connection
 runs inside one cancel scope, entered once; the server's sweeper task cancels it
 when the connection's deadline passes (see :class:`transports._async_driver.Deadlines`).
+With TLS (``ssl_context``) each accepted stream is wrapped in :class:`trio.SSLStream`;
+the handshake happens on the first read, so under the first head's deadline.
 
 The trio-asyncio loop that asyncio services run on is opened only when the
 services loaded at start-up need it (:func:`needs_asyncio`); without one, a
@@ -22,6 +24,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 
 import trio
@@ -41,9 +44,18 @@ _RECEIVE_SIZE = 65536
 
 
 class _Connection(Connection):
-    def __init__(self, stream: trio.SocketStream, limits: ServerLimits, backend: str) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        limits: ServerLimits,
+        backend: str,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         super().__init__(limits, _peer(stream), backend=backend)
-        self.stream = stream
+        self.stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = stream
+        if tls is not None:  # the handshake happens on the first read, under the head's deadline
+            self.stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+            self.scheme = "https"
         self.scope = trio.CancelScope()
 
 
@@ -68,6 +80,7 @@ class TrioServer(AsyncDriver[_Connection]):
         reload: Reload | None = None,
         services: ServiceRegistry | None = None,
         http: str = "httptools",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(
             gateway=gateway,
@@ -80,6 +93,7 @@ class TrioServer(AsyncDriver[_Connection]):
         )
         # The sweeper's sleep: moving its deadline wakes the sweeper (see _sweeper).
         self._sweep_scope = trio.CancelScope()
+        self.ssl_context = ssl_context
 
     async def run(
         self, listeners: list[trio.SocketListener], shutdown: trio.Event, *, grace: float
@@ -129,7 +143,7 @@ class TrioServer(AsyncDriver[_Connection]):
             nursery.start_soon(self._serve_connection, stream)
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        await self._serve(_Connection(stream, self.limits, self.http))
+        await self._serve(_Connection(stream, self.limits, self.http, self.ssl_context))
 
     # -- the backend's I/O ---------------------------------------------------------------
 
@@ -148,7 +162,7 @@ class TrioServer(AsyncDriver[_Connection]):
 
     async def _receive(self, conn: _Connection) -> bytes | None:
         try:
-            return await conn.stream.receive_some(_RECEIVE_SIZE)
+            return bytes(await conn.stream.receive_some(_RECEIVE_SIZE))  # TLS: a bytearray
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
 
@@ -167,15 +181,18 @@ class TrioServer(AsyncDriver[_Connection]):
 
     async def _close(self, conn: _Connection) -> None:
         """Close, first reading what the client still sends so the close is not a reset."""
+        stream = conn.stream
         if conn.http.has_unread_input and not conn.is_broken:
             with trio.move_on_after(self.timeouts.linger):
                 try:
-                    await conn.stream.send_eof()
-                    while await conn.stream.receive_some(_RECEIVE_SIZE):
+                    if isinstance(stream, trio.SocketStream):  # TLS has no half-close
+                        await stream.send_eof()
+                    while await stream.receive_some(_RECEIVE_SIZE):
                         pass
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
-        await conn.stream.aclose()
+        with trio.move_on_after(self.timeouts.linger):  # TLS: close_notify, bounded
+            await stream.aclose()
 
 
 def needs_asyncio(services: ServiceRegistry) -> bool:
@@ -204,6 +221,7 @@ async def serve(
     services: ServiceRegistry | None = None,
     http: str = "httptools",
     sock: socket.socket | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown`` is set, then shut down gracefully and return.
@@ -227,6 +245,8 @@ async def serve(
         http: the request parser, one of :data:`sapg_core.PARSER_BACKENDS`.
         sock: a socket already bound and listening (a worker process's, inherited from
             its supervisor) to accept on instead of binding ``host`` and ``port``.
+        ssl_context: serve HTTPS with it (each connection's handshake under the
+            header timeout); None: plain HTTP.
         task_status: for ``nursery.start``, which returns the bound host and port.
     """
     if (gateway is None) == (gateway_factory is None):
@@ -252,6 +272,7 @@ async def serve(
         reload=reload,
         services=services,
         http=http,
+        ssl_context=ssl_context,
     )
     try:
         async with _asyncio_loop(needs_asyncio(server.services)):
@@ -288,6 +309,7 @@ def run(
     services: ServiceRegistry | None = None,
     http: str = "httptools",
     sock: socket.socket | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """Run :func:`serve` until SIGINT or SIGTERM, then shut down gracefully.
 
@@ -316,6 +338,7 @@ def run(
                 services=services,
                 http=http,
                 sock=sock,
+                ssl_context=ssl_context,
             )
             finished = True
             nursery.cancel_scope.cancel()

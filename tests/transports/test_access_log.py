@@ -107,7 +107,8 @@ def test_text_access_log_and_levels(upstream: StreamingUpstream, tmp_path: Path)
     access = [line for line in server.lines if line.startswith("sapg: INFO access ")]
     assert len(access) == 4
     assert re.fullmatch(
-        r'sapg: INFO access GET /health 200 \d+\.\dms route="GET /health" upstream=- id=\d+\n',
+        r'sapg: INFO access GET /health 200 \d+\.\dms route="GET /health" upstream=- '
+        r"client=127\.0\.0\.1 x_request_id=[0-9a-f]{32} id=\d+\n",
         access[0],
     )
     assert f'route="ANY /proxy/{{.+}}" upstream={upstream.url} ' in access[1]
