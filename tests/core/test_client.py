@@ -134,6 +134,10 @@ def test_a_chunked_request_body_is_framed() -> None:
         (("", "1"),),
         (("x\r\n", "1"),),
         (("x", "caf\u20ac"),),
+        (("a", "1"), ("", "2")),
+        (("a", "1"), ("b:", "2")),
+        ((":", "1"),),
+        (("a", "1"), ("b", "2"), ("c", "3\n")),
     ],
 )
 def test_rendering_refuses_what_could_split_a_request(headers: tuple[tuple[str, str]]) -> None:
@@ -150,6 +154,7 @@ def test_rendering_refuses_a_malformed_method_or_target(method: str, target: str
 
 def test_check_request_is_the_rendering_check() -> None:
     check_request("GET", "/a?b", (("x", "1"),))
+    check_request("GET", "/", (("x-a", "1"), ("y", ""), ("z~!#", "a: b")))
     for method, target, headers in [
         ("GET", "/", (("x", "a\rb"),)),
         ("GET", "/ x", ()),
