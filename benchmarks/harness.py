@@ -163,6 +163,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and of its living children (a supervisor's workers)."""
+    total = cpu_seconds(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """One GET on a fresh connection: (status, body)."""
     found = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
@@ -300,17 +313,19 @@ class Case:
     pid: int
     kind: str
     headers: list[str] = field(default_factory=list)
+    tree: bool = False  # its CPU is the process's and its children's (worker processes)
 
 
 def measure(case: Case, load: Load) -> dict[str, float]:
     """A warm-up, then a measured wrk run with the server's CPU time around it."""
     wrk(case.url, load, load.warmup, case.headers)
     loadavg = os.getloadavg()[0]
-    before = cpu_seconds(case.pid)
+    cpu_of = tree_cpu_seconds if case.tree else cpu_seconds
+    before = cpu_of(case.pid)
     started = time.monotonic()
     result = wrk(case.url, load, load.duration, case.headers)
     wall = time.monotonic() - started
-    cpu = cpu_seconds(case.pid) - before
+    cpu = cpu_of(case.pid) - before
     result["server_cpu_us_per_request"] = cpu / max(result["requests"], 1) * 1e6
     result["server_cpu_busy"] = cpu / max(load.duration, 1e-9)
     result["wall_s"] = wall

@@ -3,6 +3,7 @@
     python benchmarks/run.py                       # everything (about 16 minutes)
     python benchmarks/run.py --quick               # a smoke test (about 100 s)
     python benchmarks/run.py --only static,proxy   # some parts (inprocess, static, proxy, latency)
+    python benchmarks/run.py --only workers --quick  # worker processes, and the metrics' cost
     nox -s bench -- --quick                        # the same through nox (installs wrk, nginx, ...)
 
 Parts:
@@ -19,6 +20,10 @@ Parts:
             nginx as a keep-alive reverse proxy.
 ``latency`` wrk -t1 -c1: the p50 added by the hop (p50 through the proxy minus p50 of the
             nginx upstream called directly), for sapg and the anchors.
+``workers`` ``sapg serve --workers 2`` vs ``--workers 1`` on the static route, neither pinned
+            (the processes and wrk share the machine's CPUs: on 2 CPUs wrk takes part of one);
+            and the cost of the metrics: the static route with ``--admin-port 0`` (metrics
+            recorded) vs without, pinned as in ``static``, as CPU per request.
 ``inprocess`` no sockets (``inprocess.py``): core decisions/s, routing at 10 vs. 10,000 routes,
             a proxied request's decisions.
 
@@ -50,7 +55,7 @@ from bench_config import CONFIG, hs256_token
 from harness import HERE, HOST, OUT, ROOT, Case, Load
 
 CHART = ROOT / "docs" / "benchmarks.png"
-PARTS = ("inprocess", "static", "proxy", "latency")
+PARTS = ("inprocess", "static", "proxy", "latency", "workers")
 
 #: Issue 8, item 7: (comparison, limit); "report" figures have no target.
 TARGETS: dict[str, tuple[str, float]] = {
@@ -203,6 +208,34 @@ def latency_part(args: argparse.Namespace) -> dict[str, Any]:
     return {"runs": runs, "medians": harness.medians(runs)}
 
 
+# -- workers -----------------------------------------------------------------------------
+
+
+def workers_part(args: argparse.Namespace) -> dict[str, Any]:
+    """--workers 2 vs 1 (unpinned), and the static route with metrics on vs off (pinned)."""
+    config = _write_config("workers", "http://127.0.0.1:9")
+    spread: list[Case] = []
+    metrics: list[Case] = []
+    with contextlib.ExitStack() as stack:
+
+        def start(name: str, cpu: int | None, into: list[Case], *extra: str) -> None:
+            argv = harness.sapg_argv(config, None, *extra)
+            port, pid = stack.enter_context(harness.server(name, argv, cpu))
+            kind = "static" if cpu is not None else "workers"  # unpinned: never "contended"
+            into.append(Case(name, f"http://{HOST}:{port}/health", pid, kind, tree=True))
+
+        start("trio_workers_1", None, spread, "--workers", "1")
+        start("trio_workers_2", None, spread, "--workers", "2")
+        start("trio_metrics_off", args.server_cpu, metrics)
+        start("trio_metrics_on", args.server_cpu, metrics, "--admin-port", "0")
+        for case in (*spread, *metrics):
+            harness.check(case)
+        unpinned = Load(50, 1, None, args.duration, args.warmup)
+        runs = harness.measure_rounds(spread, unpinned, args.repeats, "workers")
+        runs.update(harness.measure_rounds(metrics, _load(args, 50), args.repeats, "metrics"))
+    return {"runs": runs, "medians": harness.medians(runs), "cpus": os.cpu_count()}
+
+
 def _load(args: argparse.Namespace, connections: int) -> Load:
     return Load(connections, 1, args.client_cpu, args.duration, args.warmup)
 
@@ -270,6 +303,43 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
         out += _latency_figures(results["latency"])
     if "inprocess" in results:
         out += _inprocess_figures(results["inprocess"])
+    if "workers" in results:
+        out += _workers_figures(results["workers"])
+    return out
+
+
+def _workers_figures(part: dict[str, Any]) -> list[dict[str, Any]]:
+    m, runs = part["medians"], part["runs"]
+    out = []
+    if "trio_workers_1" in m and "trio_workers_2" in m:
+        one, two = m["trio_workers_1"], m["trio_workers_2"]
+        ratio = _div(two["requests_per_second"], one["requests_per_second"])
+        measured = (
+            f"{ratio:.2f}x ({two['requests_per_second']:,.0f} vs "
+            f"{one['requests_per_second']:,.0f} req/s on {part.get('cpus')} CPUs shared with wrk;"
+            f" CPU/req {two['server_cpu_us_per_request']:.0f} vs "
+            f"{one['server_cpu_us_per_request']:.0f} us)"
+        )
+        per_round = _ratio_per_round(runs, "trio_workers_2", "trio_workers_1")
+        out.append(
+            _figure(
+                "trio --workers 2 vs --workers 1, static",
+                ratio,
+                measured,
+                None,
+                per_round=per_round,
+            )
+        )
+    if "trio_metrics_off" in m and "trio_metrics_on" in m:
+        off, on = m["trio_metrics_off"], m["trio_metrics_on"]
+        cost = on["server_cpu_us_per_request"] - off["server_cpu_us_per_request"]
+        ratio = _div(on["requests_per_second"], off["requests_per_second"])
+        measured = (
+            f"{cost:+.1f} us CPU/req ({on['server_cpu_us_per_request']:.1f} vs "
+            f"{off['server_cpu_us_per_request']:.1f}); req/s {ratio:.3f}x "
+            f"({on['requests_per_second']:,.0f} vs {off['requests_per_second']:,.0f})"
+        )
+        out.append(_figure("metrics on (--admin-port) vs off: CPU per request", cost, measured))
     return out
 
 
@@ -661,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         "static": static_part,
         "proxy": proxy_part,
         "latency": latency_part,
+        "workers": workers_part,
     }
     for part in args.parts:
         print(f"== {part}", file=sys.stderr)
