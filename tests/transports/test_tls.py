@@ -290,5 +290,5 @@ def test_an_encrypted_key_needs_its_password(ca: trustme.CA, tmp_path: Path) -> 
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     with pytest.raises(ValueError, match="cannot load the TLS certificate and key"):
         tls_context(str(cert_path), str(key_path), "wrong")
-    with pytest.raises(ValueError, match="cannot read the TLS certificate or key"):
+    with pytest.raises(ValueError, match=r"cannot read the TLS certificate .*nope\.pem"):
         tls_context(str(tmp_path / "nope.pem"))
