@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -23,8 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import trustme
 
 from .servers import Server, StreamingUpstream, command, start
+from .test_tls import serve_tls
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(120)]
 
@@ -100,6 +104,10 @@ def workers_of(supervisor: int) -> set[int]:
     return found
 
 
+def is_gone(supervisor: int, pid: int) -> bool:
+    return pid not in workers_of(supervisor)
+
+
 def wait_until(condition: Callable[[], object], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -159,8 +167,8 @@ def test_a_crash_looping_worker_is_restarted_after_a_growing_delay(
         for _ in range(4):  # the other worker, and each of its replacements once it appears
             (victim,) = workers_of(server.process.pid) - {survivor}
             os.kill(victim, signal.SIGKILL)
-            wait_until(lambda v=victim: v not in workers_of(server.process.pid))
-            wait_until(lambda: len(workers_of(server.process.pid)) == 2)
+            wait_until(functools.partial(is_gone, server.process.pid, victim))
+            wait_until(lambda: len(workers_of(server.process.pid)) == 2)  # and replaced
         assert "times in a row soon after starting: next start in 0.5s" in server.log
         assert "next start in 1.0s" in server.log
         assert get(server, "/version")[0] == 200  # the other worker served all along
@@ -221,3 +229,38 @@ def test_a_config_that_cannot_be_used_stops_the_start_once(tmp_path: Path) -> No
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert done.stderr.count("cannot read config") == 1, done.stderr
+
+
+def test_two_workers_serve_https(
+    upstream: StreamingUpstream, tmp_path: Path, ca: trustme.CA
+) -> None:
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    files = (str(cert), str(key))
+    server = serve_tls("trio", config(tmp_path, upstream), tmp_path, files, "--workers", "2")
+    try:
+
+        def pid(_: int) -> int:
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", server.port, context=client_context, timeout=10
+            )
+            try:
+                conn.request("GET", "/pid")
+                return int(conn.getresponse().read())
+            finally:
+                conn.close()
+
+        seen: set[int] = set()
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(50):
+                seen.update(pool.map(pid, range(8)))
+                if len(seen) == 2:
+                    break
+        assert len(seen) == 2
+        assert sum("listening on https://" in line for line in server.lines) == 1
+    finally:
+        assert server.stop() == 0
