@@ -40,9 +40,9 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Final
+from typing import Final, TypeVar
 
 import sniffio
 import trio
@@ -592,52 +592,14 @@ class Outbound:
                 else:
                     phase = "receive"
                     head = await self._read_head(upstream, request.read_timeout, deadline)
-        except TimeoutError:
+        except (ClientBodyError, UpstreamProtocolError, *_IO_ERRORS) as exc:  # TimeoutError too
+            retry = _may_retry_after(exc, phase, holder, request, attempt)
             self._drop(holder)
-            detail = f"upstream {'connect' if phase == 'connect' else 'read'} timed out"
-            return _failed(request.request_id, FailureReason.TIMEOUT, detail)
-        except ClientBodyError as exc:
-            self._drop(holder)
-            return _failed(request.request_id, exc.reason, exc.detail)
-        except (UpstreamProtocolError, *_IO_ERRORS) as exc:
-            retry = phase != "connect" and self._may_retry(holder, request, attempt)
-            self._drop(holder)
-            if retry:
-                return None
-            if isinstance(exc, UpstreamProtocolError):
-                return _failed(request.request_id, FailureReason.RESET, exc.detail)
-            reason = classify(exc, connecting=phase == "connect")
-            return _failed(request.request_id, reason, describe(exc))
+            return None if retry else _attempt_failed(request.request_id, phase, exc)
         except BaseException:
             self._drop(holder)
             raise
-        return self._after_head(head, upstream)
-
-    def _after_head(
-        self, head: ResponseHead, upstream: _Upstream
-    ) -> tuple[ResponseHead, _Upstream | None, bytes]:
-        """Give the connection back at once when the whole body came with the head."""
-        if head.status == 101:  # a tunnel now: raw bytes, never back to the pool
-            return head, upstream, b""
-        try:
-            data, end = _ready(upstream.client)
-        except UpstreamProtocolError:
-            return head, upstream, b""  # the body iterator reports it
-        if end is not None:
-            self._release(upstream, reusable=end.reusable)
-            return head, None, data
-        return head, upstream, data
-
-    @staticmethod
-    def _may_retry(holder: list[_Upstream], request: _Request, attempt: int) -> bool:
-        if not holder or holder[0].pooled is None:
-            return False
-        return may_retry(
-            reused=holder[0].pooled.is_reused,
-            replayable=request.payload is not None,
-            response_started=holder[0].client.response_started,
-            attempt=attempt,
-        )
+        return _after_head(head, upstream, self._release)
 
     async def _write(
         self,
@@ -1023,41 +985,14 @@ class SyncOutbound:
             else:
                 phase = "receive"
                 head = self._read_head(upstream)
-        except TimeoutError:
+        except (ClientBodyError, UpstreamProtocolError, *_IO_ERRORS) as exc:  # TimeoutError too
+            retry = _may_retry_after(exc, phase, holder, request, attempt)
             self._drop(holder)
-            detail = f"upstream {'connect' if phase == 'connect' else 'read'} timed out"
-            return _failed(request.request_id, FailureReason.TIMEOUT, detail)
-        except ClientBodyError as exc:
-            self._drop(holder)
-            return _failed(request.request_id, exc.reason, exc.detail)
-        except (UpstreamProtocolError, OSError) as exc:
-            retry = phase != "connect" and _sync_may_retry(holder, request, attempt)
-            self._drop(holder)
-            if retry:
-                return None
-            if isinstance(exc, UpstreamProtocolError):
-                return _failed(request.request_id, FailureReason.RESET, exc.detail)
-            reason = classify(exc, connecting=phase == "connect")
-            return _failed(request.request_id, reason, describe(exc))
+            return None if retry else _attempt_failed(request.request_id, phase, exc)
         except BaseException:
             self._drop(holder)
             raise
-        return self._after_head(head, upstream)
-
-    def _after_head(
-        self, head: ResponseHead, upstream: _SyncUpstream
-    ) -> tuple[ResponseHead, _SyncUpstream | None, bytes]:
-        """As :meth:`Outbound._after_head`."""
-        if head.status == 101:  # a tunnel now: raw bytes, never back to the pool
-            return head, upstream, b""
-        try:
-            data, end = _ready(upstream.client)
-        except UpstreamProtocolError:
-            return head, upstream, b""  # the body iterator reports it
-        if end is not None:
-            self._release(upstream, reusable=end.reusable)
-            return head, None, data
-        return head, upstream, data
+        return _after_head(head, upstream, self._release)
 
     @staticmethod
     def _write(upstream: _SyncUpstream, request: _Request, body: Iterable[bytes] | None) -> None:
@@ -1175,7 +1110,23 @@ class SyncOutbound:
             upstream.stream.close()
 
 
-def _sync_may_retry(holder: list[_SyncUpstream], request: _Request, attempt: int) -> bool:
+# -- what both pools do after a try ---------------------------------------------------------
+
+_U = TypeVar("_U", _Upstream, _SyncUpstream)
+
+
+def _may_retry_after(
+    exc: BaseException,
+    phase: str,
+    holder: list[_Upstream] | list[_SyncUpstream],
+    request: _Request,
+    attempt: int,
+) -> bool:
+    """Whether a failed try goes again on a fresh connection: only a reused pooled connection
+    that broke (not timed out) after connecting, before any answer byte, with the body in hand
+    (:func:`sapg_core.may_retry`)."""
+    if phase == "connect" or isinstance(exc, TimeoutError | ClientBodyError):
+        return False
     if not holder or holder[0].pooled is None:
         return False
     return may_retry(
@@ -1184,3 +1135,31 @@ def _sync_may_retry(holder: list[_SyncUpstream], request: _Request, attempt: int
         response_started=holder[0].client.response_started,
         attempt=attempt,
     )
+
+
+def _attempt_failed(request_id: int, phase: str, exc: BaseException) -> ActionFailed:
+    """Why a try failed, as the core reads it (the same for every stream kind)."""
+    if isinstance(exc, TimeoutError):
+        detail = f"upstream {'connect' if phase == 'connect' else 'read'} timed out"
+        return _failed(request_id, FailureReason.TIMEOUT, detail)
+    if isinstance(exc, ClientBodyError):
+        return _failed(request_id, exc.reason, exc.detail)
+    if isinstance(exc, UpstreamProtocolError):
+        return _failed(request_id, FailureReason.RESET, exc.detail)
+    return _failed(request_id, classify(exc, connecting=phase == "connect"), describe(exc))
+
+
+def _after_head(
+    head: ResponseHead, upstream: _U, release: Callable[..., None]
+) -> tuple[ResponseHead, _U | None, bytes]:
+    """Give the connection back at once (``release``) when the whole body came with the head."""
+    if head.status == 101:  # a tunnel now: raw bytes, never back to the pool
+        return head, upstream, b""
+    try:
+        data, end = _ready(upstream.client)
+    except UpstreamProtocolError:
+        return head, upstream, b""  # the body iterator reports it
+    if end is not None:
+        release(upstream, reusable=end.reusable)
+        return head, None, data
+    return head, upstream, data

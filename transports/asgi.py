@@ -98,6 +98,7 @@ from ._common import (
     GatewayLike,
     Loaded,
     Timeouts,
+    entropy,
     identify,
     log_action,
     request_received,
@@ -505,7 +506,7 @@ class GatewayApp:
             head,
             request_id=exchange.request_id,
             now=time.time(),
-            entropy=secrets.token_bytes(32),
+            entropy=entropy(),
             scheme=str(request.scope.get("scheme", "http")),
             client=_client(request.scope),
         )
@@ -515,17 +516,22 @@ class GatewayApp:
         except ClientGone:
             request.is_broken = True
         finally:
-            self._exchanges.discard(exchange)
-            if not exchange.is_finished:
-                aborted = RequestAborted(request_id=exchange.request_id, now=time.time())
-                self._exchanges.deliver(exchange, exchange.gateway.handle(aborted))
-            log_access(exchange)
-            if exchange.upstream is not None:
-                await exchange.upstream.aclose()
+            await self._close_exchange(exchange)
         if request.refusal is not None and not request.is_started:
             status, detail, peer = request.refusal
             logger.info("request %d from %s: %s", exchange.request_id, peer, detail)
             await self._refuse(request, status)
+
+    async def _close_exchange(self, exchange: AsyncExchange) -> None:
+        """The end of every exchange (HTTP or WebSocket), however it ended: a request the core
+        still holds is aborted, the access line is queued and the upstream released."""
+        self._exchanges.discard(exchange)
+        if not exchange.is_finished:
+            aborted = RequestAborted(request_id=exchange.request_id, now=time.time())
+            self._exchanges.deliver(exchange, exchange.gateway.handle(aborted))
+        log_access(exchange)
+        if exchange.upstream is not None:
+            await exchange.upstream.aclose()
 
     async def _refuse(self, request: _Request, status: int) -> None:
         """Answer ``status`` as the native drivers answer a protocol failure: JSON, and the
@@ -683,7 +689,7 @@ class GatewayApp:
             head,
             request_id=exchange.request_id,
             now=time.time(),
-            entropy=secrets.token_bytes(32),
+            entropy=entropy(),
             scheme="https" if request.scope.get("scheme") == "wss" else "http",
             client=_client(request.scope),
         )
@@ -699,13 +705,7 @@ class GatewayApp:
         except ClientGone:
             request.is_broken = True
         finally:
-            self._exchanges.discard(exchange)
-            if not exchange.is_finished:
-                aborted = RequestAborted(request_id=exchange.request_id, now=time.time())
-                self._exchanges.deliver(exchange, exchange.gateway.handle(aborted))
-            log_access(exchange)
-            if exchange.upstream is not None:
-                await exchange.upstream.aclose()
+            await self._close_exchange(exchange)
 
     async def _ws_forward(
         self, request: _WebSocket, exchange: AsyncExchange, action: ForwardUpstream
