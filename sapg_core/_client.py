@@ -52,6 +52,7 @@ import h11
 import httptools
 
 from ._events import Headers
+from ._wire import TCHAR
 
 __all__ = [
     "ClientConnection",
@@ -76,10 +77,10 @@ _MAX_CHUNK_LINE: Final = 4096
 _MAX_TRAILERS: Final = 16 * 1024
 _RECEIVE_CHUNK: Final = 65536
 
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN: Final = re.compile(f"[{TCHAR}]+")
 _FORBIDDEN_IN_VALUE: Final = re.compile(r"[\r\n\x00]")
 #: Tokens joined by ``:`` (header names, as :func:`_check_headers` joins them).
-_TOKEN_LIST: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?::[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
+_TOKEN_LIST: Final = re.compile(f"[{TCHAR}]+(?::[{TCHAR}]+)*")
 _TARGET: Final = re.compile(r"[\x21-\x7e\x80-\xff]+")
 _CHUNK_LINE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\r\n\x00]*)?[ \t]*\r\n")
 _TRAILER_LINE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\r\n")
