@@ -104,7 +104,7 @@ from ._common import (
     request_received,
     upstream_origin,
 )
-from ._logging import configure_logging, log_access
+from ._logging import configure_logging, flush_access_log, log_access
 from ._outbound import Outbound, OutboundError
 from ._services import ServiceRegistry, call_service, parse_binding
 
@@ -480,6 +480,9 @@ class GatewayApp:
                 return
 
     async def aclose(self) -> None:
+        # uvicorn ends by re-raising SIGTERM, so the exit-time flush may never run: write
+        # the queued access lines at the lifespan shutdown, while the process still can.
+        flush_access_log()
         if self.outbound is not None:
             await self.outbound.aclose()
             self.outbound = None
